@@ -1,0 +1,220 @@
+"""Train a small causal language model with the Hugging Face Trainer and hf_gns.
+
+By default everything is offline: the corpus is Python's own documentation and
+standard library source (see corpus.py), the tokenizer is a byte-level BPE
+trained on it, and the model is a tiny Llama built from a config.
+
+    python examples/train_lm.py                      # tiny Llama, with hf_gns
+    python examples/train_lm.py --no_gns --max_steps 5
+    accelerate launch examples/train_lm.py --bf16    # same script, any devices
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+
+from corpus import default_corpus_files, group_texts, load_text_dataset, train_bpe_tokenizer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # model and tokenizer
+    p.add_argument("--model_name_or_path", default=None, help="pretrained model; default: a tiny model from a config")
+    p.add_argument("--model_type", default="llama", choices=["llama", "gpt2"], help="architecture when no model name is given")
+    p.add_argument("--tokenizer_name", default=None, help="pretrained tokenizer; default: the model's, or BPE trained on the corpus")
+    p.add_argument("--vocab_size", type=int, default=8192, help="vocab size of the BPE tokenizer trained on the corpus")
+    p.add_argument("--hidden_size", type=int, default=128)
+    p.add_argument("--num_hidden_layers", type=int, default=4)
+    p.add_argument("--num_attention_heads", type=int, default=4)
+    # data
+    p.add_argument("--dataset_name", default=None, help="Hub dataset with a 'text' column; default: the offline corpus")
+    p.add_argument("--max_train_chars", type=int, default=2_000_000, help="size limit of the offline corpus (0: no limit)")
+    p.add_argument("--no_stdlib", action="store_true", help="offline corpus: pydoc topics only, no stdlib source")
+    p.add_argument("--cache_dir", default=os.path.join(os.path.expanduser("~"), ".cache", "hf_gns"))
+    p.add_argument("--block_size", type=int, default=128)
+    # training
+    p.add_argument("--output_dir", default="runs/train_lm")
+    p.add_argument("--per_device_train_batch_size", type=int, default=8)
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--warmup_steps", type=float, default=0.1, help="steps, or a fraction of max_steps if < 1")
+    p.add_argument("--max_steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--report_to", default="none", help="comma-separated, e.g. 'wandb,tensorboard'")
+    p.add_argument("--logging_steps", type=int, default=1)
+    p.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps (always once at the end)")
+    p.add_argument("--save_steps", type=int, default=None, help="save a checkpoint every N steps (default: never)")
+    # gradient noise scale
+    p.add_argument("--no_gns", action="store_true", help="train without hf_gns")
+    p.add_argument("--kernel", default="auto", choices=["auto", "torch", "triton"], help="hf_gns per-example norm kernel")
+    p.add_argument("--batch_size_policy", default="none", help="hf_gns batch size policy, e.g. 'gns', 'linear:START:END'")
+    return p.parse_args(argv)
+
+
+def build_tokenizer(args: argparse.Namespace, train_file: str | None, corpus_dir: str) -> PreTrainedTokenizerBase:
+    """Load a pretrained tokenizer, or train (and cache) a BPE one on the corpus."""
+    name = args.tokenizer_name or args.model_name_or_path
+    if name is not None:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+    if train_file is None:
+        raise ValueError("--dataset_name without a model needs --tokenizer_name")
+    return train_bpe_tokenizer([train_file], args.vocab_size, os.path.join(corpus_dir, f"bpe-{args.vocab_size}"))
+
+
+def build_model(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """Load a pretrained causal LM, or build a tiny one from a config."""
+    if args.model_name_or_path is not None:
+        model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        return model
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if args.model_type == "llama":
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=args.hidden_size,
+            intermediate_size=4 * args.hidden_size,
+            num_hidden_layers=args.num_hidden_layers,
+            num_attention_heads=args.num_attention_heads,
+            num_key_value_heads=args.num_attention_heads,
+            max_position_embeddings=args.block_size,
+            tie_word_embeddings=False,
+            **ids,
+        )
+    else:
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=args.hidden_size,
+            n_layer=args.num_hidden_layers,
+            n_head=args.num_attention_heads,
+            n_positions=args.block_size,
+            tie_word_embeddings=False,
+            **ids,
+        )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    t0 = time.time()
+    set_seed(args.seed)
+
+    training_args = TrainingArguments(
+        output_dir=args.output_dir,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=args.warmup_steps,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        bf16=args.bf16,
+        report_to=[r for r in args.report_to.split(",") if r] or "none",
+        logging_steps=args.logging_steps,
+        eval_strategy="steps" if args.eval_steps else "no",
+        eval_steps=args.eval_steps,
+        save_strategy="steps" if args.save_steps else "no",
+        save_steps=args.save_steps or 500,
+        dataloader_drop_last=True,  # every step sees the same batch size
+        disable_tqdm=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+    # Data and tokenizer: built by the main process first, then read from cache by the others.
+    corpus_dir = os.path.join(
+        args.cache_dir,
+        "corpus",
+        f"py{sys.version_info.major}.{sys.version_info.minor}"
+        f"-{args.max_train_chars or 'all'}{'-nostdlib' if args.no_stdlib else ''}",
+    )
+    with training_args.main_process_first(desc="corpus and tokenizer"):
+        files = None
+        if args.dataset_name is None:
+            files = default_corpus_files(corpus_dir, args.max_train_chars or None, include_stdlib=not args.no_stdlib)
+        tokenizer = build_tokenizer(args, files[0] if files else None, corpus_dir)
+        raw = load_text_dataset(args.dataset_name, files, cache_dir=os.path.join(args.cache_dir, "datasets"))
+        lm_data = group_texts(raw, tokenizer, args.block_size)
+    eval_split = "validation" if "validation" in lm_data else "test" if "test" in lm_data else None
+
+    model = build_model(args, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    callbacks = []
+    if not args.no_gns:
+        try:
+            import hf_gns
+        except ImportError as e:
+            raise SystemExit(f"hf_gns is not importable ({e}); install it or pass --no_gns") from e
+
+        patched = hf_gns.patch_model(model, kernel=args.kernel)
+        if args.batch_size_policy == "none":
+            callbacks.append(hf_gns.GNSCallback())
+        else:
+            callbacks.append(hf_gns.GNSCallback(batch_size=args.batch_size_policy))
+        if training_args.process_index == 0:
+            print(f"hf_gns: patched {len(patched)} modules")
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=lm_data["train"],
+        eval_dataset=lm_data[eval_split] if eval_split else None,
+        data_collator=default_data_collator,  # blocks are packed: no padding, labels already set
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    if trainer.is_world_process_zero():
+        print(
+            f"model: {model.config.model_type}, {n_params / 1e6:.2f}M params | "
+            f"train blocks: {len(lm_data['train'])} x {args.block_size} tokens | "
+            f"setup took {time.time() - t0:.1f}s"
+        )
+
+    train_result = trainer.train()
+    eval_metrics = trainer.evaluate() if eval_split else {}
+    trainer.save_state()
+
+    if trainer.is_world_process_zero():
+        history = trainer.state.log_history
+        last_loss = next((h["loss"] for h in reversed(history) if "loss" in h), float("nan"))
+        b_simple = next((h["gns/b_simple"] for h in reversed(history) if "gns/b_simple" in h), None)
+        print("\n==== summary ====")
+        print(f"steps:            {trainer.state.global_step}")
+        print(f"train loss:       {last_loss:.4f} (last logged), {train_result.training_loss:.4f} (mean)")
+        if "eval_loss" in eval_metrics:
+            eval_loss = eval_metrics["eval_loss"]
+            ppl = math.exp(eval_loss) if eval_loss < 100 else float("inf")
+            print(f"eval loss:        {eval_loss:.4f} (perplexity {ppl:.2f})")
+        if b_simple is not None:
+            print(f"gns/b_simple:     {b_simple:.4g} (last logged)")
+        elif not args.no_gns:
+            print("gns/b_simple:     not logged")
+        print(f"total time:       {time.time() - t0:.1f}s")
+        print(f"state written to: {os.path.join(args.output_dir, 'trainer_state.json')}")
+
+
+if __name__ == "__main__":
+    main()

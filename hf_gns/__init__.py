@@ -1,0 +1,37 @@
+"""hf_gns: live gradient noise scale for Hugging Face Transformers training.
+
+    import hf_gns
+    hf_gns.patch_model(model)                          # per-example norms of every norm layer
+    trainer = Trainer(..., callbacks=[hf_gns.GNSCallback()])
+"""
+
+from .estimator import EMA, GNSEstimate, GNSTracker, NotEstimable, estimate, estimate_per_param
+from .patch import describe, patch_model, patched_module_names, unpatch_model
+from .stats import GradientStats, ParamStats, gather_stats, reset_stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EMA",
+    "GNSEstimate",
+    "GNSTracker",
+    "GradientStats",
+    "NotEstimable",
+    "ParamStats",
+    "describe",
+    "estimate",
+    "estimate_per_param",
+    "gather_stats",
+    "patch_model",
+    "patched_module_names",
+    "reset_stats",
+    "unpatch_model",
+]
+
+
+def __getattr__(name: str):
+    if name == "GNSCallback":  # imports transformers only when asked for
+        from .callback import GNSCallback
+
+        return GNSCallback
+    raise AttributeError(name)

@@ -1,0 +1,190 @@
+"""`GNSCallback`: gradient noise scale in every Hugging Face Trainer run.
+
+Every optimizer step the callback gathers the per-example statistics recorded by the
+patched norm layers (one host sync, all-reduced across ranks), turns them into unbiased
+|G|^2 and tr(Sigma) estimates, smooths both with EMAs and logs ``gns/*`` keys through the
+Trainer's own logging, so they reach every ``report_to`` integration and
+``trainer.state.log_history`` next to loss, grad_norm and learning_rate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import CallbackHandler
+
+from .estimator import GNSTracker, NotEstimable, estimate, estimate_per_param
+from .patch import patch_model, patched_modules
+from .stats import gather_stats, reset_stats
+
+logger = logging.getLogger(__name__)
+
+
+def _find_in_stack(cls: type, depth: int = 8) -> Any:
+    """The nearest caller frame's ``self`` that is an instance of ``cls``, if any."""
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, cls):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+class GNSCallback(TrainerCallback):
+    """Measure and log the gradient noise scale; optionally let it drive the batch size.
+
+    Args:
+        ema: decay of the EMAs of |G|^2 and tr(Sigma) (per optimizer step).
+        log_layers: also log per-parameter B_simple (``gns/layer/<param>``).
+        batch_size: None (measure only), or a batch-size policy (see `hf_gns.schedule`).
+        prefix: prefix of every logged key.
+        history_file: name of the per-step JSON-lines history written to ``output_dir``
+            on the main process (None to disable).
+    """
+
+    def __init__(
+        self,
+        ema: float = 0.99,
+        log_layers: bool = False,
+        batch_size: Any = None,
+        prefix: str = "gns/",
+        history_file: str | None = "gns_history.jsonl",
+    ) -> None:
+        self.tracker = GNSTracker(ema)
+        self.layer_trackers: dict[str, GNSTracker] = {}
+        self.ema = ema
+        self.log_layers = log_layers
+        self.prefix = prefix
+        self.history_file = history_file
+        self.policy = _make_policy(batch_size)
+        self.trainer = None
+        self.history: list[dict[str, float]] = []
+        self._pending: dict[str, float] = {}
+        self._scale = 1.0
+        self._skipped_step = False
+        self._model = None
+
+    # -- wiring ----------------------------------------------------------------------------
+    def set_trainer(self, trainer) -> None:
+        """Give the callback its Trainer (done automatically at train start)."""
+        self.trainer = trainer
+        if self.policy is not None:
+            self.policy.attach(trainer)
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
+        handler = _find_in_stack(CallbackHandler)
+        if handler is not None and handler.callbacks and handler.callbacks[0] is not self:
+            # run before the report_to integrations so they see the gns/* keys
+            handler.callbacks = [self] + [c for c in handler.callbacks if c is not self]
+        if self.trainer is None:
+            from transformers import Trainer
+
+            trainer = _find_in_stack(Trainer, depth=12)
+            if trainer is not None:
+                self.set_trainer(trainer)
+        self._model = model
+        if model is not None and not patched_modules(model):
+            names = patch_model(model)
+            logger.info("hf_gns: model was not patched; patched %d norm modules", len(names))
+        if model is not None:
+            reset_stats(model)
+        if self.policy is not None:
+            self.policy.on_train_begin(args, state)
+
+    # -- per step --------------------------------------------------------------------------
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        scaler = getattr(optimizer, "scaler", None)
+        self._scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self._skipped_step = bool(getattr(optimizer, "step_was_skipped", False))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        model = model if model is not None else self._model
+        if model is None:
+            return
+        stats = gather_stats(model, reset=True)
+        record = self._measure(stats, state)
+        if self.policy is not None:
+            self.policy.on_step_end(args, state, control, self.tracker, record)
+            record.update(self.policy.log_values())
+        self._pending = record
+        self.history.append({"step": state.global_step, **record})
+
+    def _measure(self, stats, state: TrainerState) -> dict[str, float]:
+        p = self.prefix
+        record: dict[str, float] = {}
+        reason = None
+        if self._skipped_step:
+            reason = "optimizer step skipped (fp16 overflow)"
+        elif stats.problems:
+            reason = "; ".join(stats.problems[:2])
+        else:
+            try:
+                est = estimate(stats, scale=self._scale)
+            except NotEstimable as error:
+                reason = str(error)
+        self._skipped_step = False
+        if reason is not None:
+            logger.warning("hf_gns: step %d not measured: %s", state.global_step, reason)
+            record[p + "skipped"] = 1.0
+        else:
+            self.tracker.update(est)
+            tokens_per_example = stats.tokens / est.num_examples if stats.tokens else math.nan
+            record.update({
+                p + "b_simple": self.tracker.b_simple,
+                p + "b_simple_tokens": self.tracker.b_simple * tokens_per_example,
+                p + "g2": self.tracker.g2.get(),
+                p + "trace_sigma": self.tracker.trace_sigma.get(),
+                p + "step_b_simple": est.b_simple,
+                p + "step_g2": est.g2,
+                p + "step_trace_sigma": est.trace_sigma,
+                p + "examples": float(est.num_examples),
+                p + "skipped": 0.0,
+            })
+            if self.log_layers:
+                for name, layer_est in estimate_per_param(stats, scale=self._scale).items():
+                    tracker = self.layer_trackers.setdefault(name, GNSTracker(self.ema))
+                    tracker.update(layer_est)
+                    record[f"{p}layer/{name}"] = tracker.b_simple
+        return record
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self._pending or logs is None:
+            return
+        logs.update(self._pending)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(self._pending)
+        self._pending = {}
+
+    # -- persistence -----------------------------------------------------------------------
+    def on_save(self, args, state, control, **kwargs):
+        self._write_history(args, state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._write_history(args, state)
+
+    def _write_history(self, args: TrainingArguments, state: TrainerState) -> None:
+        if not self.history_file or not state.is_world_process_zero or not args.output_dir:
+            return
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, self.history_file), "w") as f:
+            for row in self.history:
+                f.write(json.dumps(row) + "\n")
+
+
+def _make_policy(batch_size: Any):
+    if batch_size is None or batch_size == "none":
+        return None
+    from .schedule import make_policy
+
+    return make_policy(batch_size)

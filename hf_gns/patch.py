@@ -1,0 +1,250 @@
+"""`patch_model` / `unpatch_model`: swap the forward of every normalization layer in place.
+
+The module keeps its class (an ``nn.LayerNorm`` stays one, so the Trainer's weight-decay
+rule still sees it), its Parameter objects and its state_dict keys. Only the instance's
+``forward`` attribute is bound to a wrapper; the per-layer state lives in a plain Python
+attribute (``_hf_gns``), never in a buffer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import types
+import warnings
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from . import torch_path
+from .probe import NormPlan, Unsupported, is_norm_candidate, plan_for
+from .recorder import ParamAccumulator, PassCounter
+
+logger = logging.getLogger(__name__)
+
+KERNELS = ("auto", "triton", "torch")
+_STATE = "_hf_gns"
+_ROOT_STATE = "_hf_gns_root"
+
+
+def _forward_attr(module: nn.Module) -> str:
+    """Accelerate's big-model hooks keep the real forward in ``_old_forward``."""
+    return "_old_forward" if hasattr(module, "_hf_hook") and hasattr(module, "_old_forward") else "forward"
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+class PatchedNorm:
+    """The state and wrapper forward of one patched normalization module."""
+
+    def __init__(self, module: nn.Module, qualname: str, plan: NormPlan, kernel: str, counter: PassCounter):
+        self.qualname = qualname
+        self.plan = plan
+        self.kernel = kernel
+        self.counter = counter
+        self.forward_attr = _forward_attr(module)
+        self.saved_forward = module.__dict__.get(self.forward_attr)
+        self.original_forward: Callable = getattr(module, self.forward_attr)
+        self.accumulators = {
+            n: ParamAccumulator(f"{qualname}.{n}" if qualname else n, module._parameters[n])
+            for n in plan.param_names
+        }
+        self.module_ref = module
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        module = self.module_ref
+        if args or kwargs or not isinstance(x, torch.Tensor):
+            return self.original_forward(x, *args, **kwargs)
+        recording = torch.is_grad_enabled() and any(p.requires_grad for p in self._params())
+        if self._use_triton(x):
+            from .kernels.op import triton_norm
+
+            sink = self._sink(x) if recording and not _compiling() else None
+            return triton_norm(module, self.plan, x, sink)
+        out = self.original_forward(x)
+        if recording and isinstance(out, torch.Tensor) and out.requires_grad and not _compiling():
+            pass_id = self.counter.pass_id
+            segments = self.counter.layout.segments_for(x)
+            autocast = _autocast_state(x)
+            out.register_hook(lambda dy: self._record_torch(x, dy, pass_id, segments, autocast))
+        return out
+
+    def _params(self) -> Iterable[nn.Parameter]:
+        return (acc.param for acc in self.accumulators.values())
+
+    def _use_triton(self, x: torch.Tensor) -> bool:
+        if self.kernel == "torch" or self.plan.formula is None:
+            return False
+        if self.kernel == "triton":
+            return True
+        return x.is_cuda and _triton_importable()
+
+    def _sink(self, x: torch.Tensor):
+        """Callback that receives the Triton backward's per-example vectors."""
+        pass_id = self.counter.pass_id
+        segments = self.counter.layout.segments_for(x)
+
+        def sink(grads: dict[str, torch.Tensor]) -> None:
+            for n, g in grads.items():
+                if n in self.accumulators:
+                    self.accumulators[n].add(g, pass_id)
+
+        sink.segments = segments
+        sink.layout = self.counter.layout
+        return sink
+
+    def _record_torch(self, x, dy, pass_id, segments, autocast) -> None:
+        grads = torch_path.per_example_grads(
+            self.plan, self.module_ref, self.original_forward, x, dy, segments, autocast
+        )
+        for n, g in grads.items():
+            self.accumulators[n].add(g, pass_id)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def restore(self) -> None:
+        module = self.module_ref
+        if self.saved_forward is None:
+            module.__dict__.pop(self.forward_attr, None)
+        else:
+            module.__dict__[self.forward_attr] = self.saved_forward
+        for acc in self.accumulators.values():
+            acc.remove()
+
+
+def _autocast_state(x: torch.Tensor) -> tuple[str, torch.dtype] | None:
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return device_type, torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _patched_forward(module: nn.Module, *args, **kwargs):
+    return getattr(module, _STATE).forward(*args, **kwargs)
+
+
+def _foreign_forward(module: nn.Module) -> str | None:
+    """Why the module's forward is already someone else's, if it is."""
+    if type(module).__name__.startswith("Liger"):
+        return "a Liger-Kernel module: hf_gns cannot record it (patch before applying Liger, or skip Liger)"
+    attr = _forward_attr(module)
+    if attr == "forward" and "forward" in module.__dict__:
+        return ("its forward was already replaced on the instance (kernels hub `kernelize()` or Liger): "
+                "call hf_gns.patch_model before them")
+    return None
+
+
+def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
+    if patterns is None:
+        return False
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _root_counter(model: nn.Module) -> PassCounter:
+    root = model.__dict__.get(_ROOT_STATE)
+    if root is None:
+        counter = PassCounter()
+        handle = model.register_forward_pre_hook(
+            lambda m, args, kwargs: counter.start_pass(m, args, kwargs), with_kwargs=True
+        )
+        root = model.__dict__[_ROOT_STATE] = (counter, handle)
+    return root[0]
+
+
+def patch_model(
+    model: nn.Module,
+    *,
+    kernel: str = "auto",
+    include: Iterable[str] | str | None = None,
+    exclude: Iterable[str] | str | None = None,
+) -> list[str]:
+    """Patch every supported normalization module of ``model`` in place.
+
+    Args:
+        kernel: ``"auto"`` (Triton for CUDA inputs, PyTorch otherwise), ``"triton"`` or ``"torch"``.
+        include: glob patterns of module names to patch (default: all norm layers).
+        exclude: glob patterns of module names to leave alone.
+
+    Returns the qualified names of all patched modules. Idempotent. Norm-like modules that
+    cannot be patched exactly are listed in a warning, never patched silently.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "triton" and not _triton_importable():
+        raise RuntimeError("kernel='triton' needs the triton package")
+    counter = _root_counter(model)
+    skipped: list[str] = []
+    no_params: list[str] = []
+    for name, module in model.named_modules():
+        if _STATE in module.__dict__ or not is_norm_candidate(module):
+            continue
+        if (include is not None and not _matches(name, include)) or _matches(name, exclude):
+            continue
+        reason = _foreign_forward(module)
+        if reason is None:
+            try:
+                plan = plan_for(module, getattr(module, _forward_attr(module)))
+            except Unsupported as error:
+                reason = str(error)
+        if reason is not None:
+            (no_params if "no affine parameters" in reason else skipped).append(f"{name} ({type(module).__name__}): {reason}")
+            continue
+        state = PatchedNorm(module, name, plan, kernel, counter)
+        module.__dict__[_STATE] = state
+        module.__dict__[state.forward_attr] = types.MethodType(_patched_forward, module)
+    if no_params:
+        logger.warning("hf_gns: %d norm module(s) have no trainable affine parameters, nothing to record: %s",
+                       len(no_params), ", ".join(n.split(" ")[0] for n in no_params[:8]))
+    if skipped:
+        warnings.warn("hf_gns could not patch these normalization modules, their gradients are not "
+                      "in the statistics:\n  " + "\n  ".join(skipped), stacklevel=2)
+    return patched_module_names(model)
+
+
+def pass_counters(model: nn.Module) -> list[PassCounter]:
+    """The pass counters of every patched root inside ``model`` (wrappers included)."""
+    return [m.__dict__[_ROOT_STATE][0] for m in model.modules() if _ROOT_STATE in m.__dict__]
+
+
+def patched_modules(model: nn.Module) -> list[tuple[str, PatchedNorm]]:
+    """(name, state) of every patched module in ``model``."""
+    return [(n, m.__dict__[_STATE]) for n, m in model.named_modules() if _STATE in m.__dict__]
+
+
+def patched_module_names(model: nn.Module) -> list[str]:
+    return [state.qualname for _, state in patched_modules(model)]
+
+
+def unpatch_model(model: nn.Module) -> None:
+    """Restore the original forwards of every patched module and drop all hf_gns state."""
+    for _, state in patched_modules(model):
+        state.restore()
+        del state.module_ref.__dict__[_STATE]
+    root = model.__dict__.pop(_ROOT_STATE, None)
+    if root is not None:
+        root[1].remove()
+
+
+def describe(model: nn.Module) -> dict[str, str]:
+    """Module name -> formula name (or "generic") for every patched module."""
+    return {state.qualname: (state.plan.formula.name if state.plan.formula else "generic")
+            for _, state in patched_modules(model)}
+

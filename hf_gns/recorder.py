@@ -1,0 +1,157 @@
+"""Per-parameter accumulation of per-example gradients.
+
+During one backward pass a patched module hands its per-example gradient vectors
+(``[B, numel]``, float32) to the `ParamAccumulator` of each of its parameters. Calls of the
+same module within one forward (ALBERT's shared layer) are summed first; once the
+parameter's gradient for that backward is complete, the per-example vectors are squared
+and folded into running sums. Everything stays on the device: no host sync here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+class ParamAccumulator:
+    """Running per-example statistics of one parameter since the last reset.
+
+    ``example_sq_sum`` is sum_i ||c_i||^2 and ``grad_sum`` is sum_i c_i, where c_i is
+    example i's contribution to the parameter's gradient.
+    """
+
+    def __init__(self, name: str, param: nn.Parameter) -> None:
+        self.name = name
+        self.param = param
+        self.pending: torch.Tensor | None = None
+        self.pending_pass: int | None = None
+        self.example_sq_sum: torch.Tensor | None = None
+        self.grad_sum: torch.Tensor | None = None
+        self.num_examples = 0
+        self.problems: list[str] = []
+        self.hook = param.register_post_accumulate_grad_hook(lambda _: self.finalize())
+
+    def add(self, per_example: torch.Tensor, pass_id: int) -> None:
+        """Add one call's per-example gradients (``[B, *param.shape]``) for forward pass ``pass_id``."""
+        vectors = per_example.reshape(per_example.shape[0], -1).to(torch.float32)
+        if self.pending is not None and self.pending_pass != pass_id:
+            self.finalize()
+        if self.pending is None:
+            self.pending, self.pending_pass = vectors, pass_id
+        elif self.pending.shape != vectors.shape:
+            self.problems.append(
+                f"{self.name}: calls within one forward saw {self.pending.shape[0]} and "
+                f"{vectors.shape[0]} examples"
+            )
+        else:
+            self.pending = self.pending + vectors
+
+    def finalize(self) -> None:
+        """Square the summed per-example vectors of the last backward and fold them in."""
+        if self.pending is None:
+            return
+        vectors, self.pending, self.pending_pass = self.pending, None, None
+        sq = vectors.pow(2).sum(dtype=torch.float64)
+        total = vectors.sum(0)
+        self.example_sq_sum = sq if self.example_sq_sum is None else self.example_sq_sum + sq
+        self.grad_sum = total if self.grad_sum is None else self.grad_sum + total
+        self.num_examples += vectors.shape[0]
+
+    def reset(self) -> None:
+        self.pending = self.pending_pass = None
+        self.example_sq_sum = self.grad_sum = None
+        self.num_examples = 0
+        self.problems = []
+
+    def remove(self) -> None:
+        self.hook.remove()
+
+
+@dataclass
+class ExampleLayout:
+    """Which rows of a norm's input belong to which example.
+
+    By default an example is one index along dim 0. For packed, padding-free batches
+    (batch dim 1, ``position_ids`` restarting at 0 or ``cu_seq_lens_*``), ``segment_starts``
+    holds the start token of each packed sequence along dim 1 and its end.
+    """
+
+    segment_starts: list[int] | None = None
+    tokens: int | None = None
+    _device_cache: dict = field(default_factory=dict)
+
+    def segments_for(self, x: torch.Tensor) -> list[int] | None:
+        """Segment boundaries if ``x`` is a packed batch this layout describes."""
+        if self.segment_starts is None or x.dim() < 3 or x.shape[0] != 1:
+            return None
+        if x.shape[1] != self.segment_starts[-1]:
+            return None
+        return self.segment_starts
+
+    def device_tensor(self, key: str, values: list[int], device: torch.device) -> torch.Tensor:
+        """A cached int32 copy of ``values`` on ``device`` (one upload per forward)."""
+        cache_key = (key, device)
+        if cache_key not in self._device_cache:
+            self._device_cache[cache_key] = torch.tensor(values, dtype=torch.int32, device=device)
+        return self._device_cache[cache_key]
+
+
+class PassCounter:
+    """Counts forward passes of a patched model, and describes the current batch layout."""
+
+    def __init__(self) -> None:
+        self.pass_id = 0
+        self.layout = ExampleLayout()
+        self.tokens: torch.Tensor | None = None
+
+    def start_pass(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.pass_id += 1
+        self.layout = ExampleLayout(segment_starts=packed_segments(kwargs))
+        if module.training and torch.is_grad_enabled():
+            count = count_tokens(args, kwargs)
+            if count is not None:
+                self.tokens = count if self.tokens is None else self.tokens + count
+
+    def take_tokens(self) -> torch.Tensor | None:
+        tokens, self.tokens = self.tokens, None
+        return tokens
+
+
+def count_tokens(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """Non-padding input tokens of one forward, as a device tensor (no host sync)."""
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return mask.sum(dtype=torch.float64)
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if isinstance(ids, torch.Tensor) and ids.dim() >= 1:
+        return torch.tensor(float(ids.numel()), dtype=torch.float64, device=ids.device)
+    return None
+
+
+def packed_segments(kwargs: dict) -> list[int] | None:
+    """Start offsets (plus the end) of packed sequences, or None for an ordinary batch.
+
+    Reads ``cu_seq_lens_q`` (flash-attention varlen) or ``position_ids`` restarting at 0, as
+    produced by ``DataCollatorWithFlattening``. Costs one device-to-host copy, only for
+    batches of a single row.
+    """
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        cu = kwargs.get("cu_seqlens_q")
+    if isinstance(cu, torch.Tensor) and cu.numel() > 2:
+        return [int(v) for v in cu.tolist()]
+    pos = kwargs.get("position_ids")
+    if not isinstance(pos, torch.Tensor) or pos.dim() != 2 or pos.shape[0] != 1 or pos.shape[1] < 2:
+        return None
+    starts = torch.nonzero(pos[0] == 0).flatten().tolist()
+    if len(starts) < 2 or starts[0] != 0:
+        return None
+    return starts + [pos.shape[1]]
+
+
+def warn_problems(problems: list[str]) -> None:
+    if problems:
+        warnings.warn("hf_gns skipped a measurement: " + "; ".join(problems[:5]), stacklevel=3)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import sysconfig
 from itertools import chain
@@ -54,7 +55,8 @@ def default_corpus_files(
 
     Documents are taken in a fixed order and cut off once `max_chars` characters
     have been collected; every `VALIDATION_EVERY`-th document goes to validation.
-    Files are reused when they were written with the same settings.
+    Files are reused when they were written with the same settings; otherwise
+    they are rewritten and subdirectories of `out_dir` (cached tokenizers) removed.
     """
     os.makedirs(out_dir, exist_ok=True)
     train_path = os.path.join(out_dir, "train.txt")
@@ -69,6 +71,10 @@ def default_corpus_files(
         with open(meta_path) as f:
             if json.load(f) == meta:
                 return [train_path, val_path]
+
+    for name in os.listdir(out_dir):  # e.g. a tokenizer trained on an older corpus
+        if os.path.isdir(os.path.join(out_dir, name)):
+            shutil.rmtree(os.path.join(out_dir, name))
 
     train_docs: list[str] = []
     val_docs: list[str] = []
@@ -141,8 +147,6 @@ def train_bpe_tokenizer(
     tokenizer.save_pretrained(tmp_dir)
     os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
     if os.path.exists(out_dir):  # an empty or partial directory from an earlier crash
-        import shutil
-
         shutil.rmtree(out_dir)
     os.replace(tmp_dir, out_dir)
     return PreTrainedTokenizerFast.from_pretrained(out_dir)

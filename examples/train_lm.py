@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         save_strategy="steps" if args.save_steps else "no",
         save_steps=args.save_steps or 500,
         dataloader_drop_last=True,  # every step sees the same batch size
+        ddp_find_unused_parameters=False,  # every parameter gets a gradient
         disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),
     )

@@ -1,0 +1,183 @@
+"""Triton kernels: LayerNorm / RMSNorm forward and backward with per-example weight gradients.
+
+Rows are the flattened leading dims of the input (``[rows, D]``). The backward kernel runs
+one program per *work item*, a contiguous run of rows that never crosses an example
+boundary; it writes dx and the item's partial sums of dweight (= sum dy * normed) and
+dbias (= sum dy) to its own row of a small ``[items, D]`` float32 buffer. No atomics: the
+per-example vectors are a sum over each example's items, and dweight is their sum.
+
+Every formula of `hf_gns.formulas` maps to three switches: CENTERED (LayerNorm vs RMSNorm),
+OFFSET (Gemma's ``1 + w``) and ROUND (0: none; 1/2: the normalized value is rounded to
+bfloat16/float16 before it meets the weight, as Llama's ``weight * normed.to(dtype)`` does).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+ROUND_CODES = {None: 0, torch.bfloat16: 1, torch.float16: 2}
+MAX_D = 65536
+
+
+@triton.jit
+def _round(v, ROUND: tl.constexpr):
+    if ROUND == 1:
+        v = v.to(tl.bfloat16).to(tl.float32)
+    elif ROUND == 2:
+        v = v.to(tl.float16).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _norm_fwd_kernel(
+    X, W, B, Y, MEAN, RSTD,
+    n_rows, D, stride_x, stride_y, eps,
+    CENTERED: tl.constexpr, HAS_BIAS: tl.constexpr, OFFSET: tl.constexpr, ROUND: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_rows
+    col_ok = cols < D
+    mask = row_ok[:, None] & col_ok[None, :]
+    rows64 = rows.to(tl.int64)
+    x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if CENTERED:
+        mean = tl.sum(x, axis=1) / D
+        x = tl.where(mask, x - mean[:, None], 0.0)
+        tl.store(MEAN + rows, mean, mask=row_ok)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / D + eps)
+    tl.store(RSTD + rows, rstd, mask=row_ok)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + OFFSET
+    y = _round(x * rstd[:, None], ROUND) * w[None, :]
+    if HAS_BIAS:
+        y += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_bwd_kernel(
+    DY, X, W, MEAN, RSTD, DX, PW, PB, ITEMS,
+    D, stride_dy, stride_x, stride_dx, rows_per_example, chunks_per_example, chunk_rows,
+    CENTERED: tl.constexpr, HAS_BIAS: tl.constexpr, OFFSET: tl.constexpr, ROUND: tl.constexpr,
+    USE_TABLE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    if USE_TABLE:
+        start = tl.load(ITEMS + 2 * pid)
+        end = tl.load(ITEMS + 2 * pid + 1)
+    else:
+        example = pid // chunks_per_example
+        start = example * rows_per_example + (pid % chunks_per_example) * chunk_rows
+        end = tl.minimum(start + chunk_rows, (example + 1) * rows_per_example)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + OFFSET
+    acc_w = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for first in range(start, end, ROWS):
+        rows = first + tl.arange(0, ROWS)
+        row_ok = rows < end
+        mask = row_ok[:, None] & col_ok[None, :]
+        rows64 = rows.to(tl.int64)
+        x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+        if CENTERED:
+            mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
+            x = tl.where(mask, x - mean[:, None], 0.0)
+        normed = x * rstd[:, None]
+        acc_w += tl.sum(dy * _round(normed, ROUND), axis=0)
+        if HAS_BIAS:
+            acc_b += tl.sum(dy, axis=0)
+        dn = dy * w[None, :]
+        proj = tl.sum(dn * normed, axis=1) / D
+        dx = dn - normed * proj[:, None]
+        if CENTERED:
+            dx -= (tl.sum(dn, axis=1) / D)[:, None]
+        dx = dx * rstd[:, None]
+        tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+    tl.store(PW + pid.to(tl.int64) * D + cols, acc_w, mask=col_ok)
+    if HAS_BIAS:
+        tl.store(PB + pid.to(tl.int64) * D + cols, acc_b, mask=col_ok)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def num_programs_target(device: torch.device) -> int:
+    """About four programs per streaming multiprocessor."""
+    return 4 * (_num_sms(device.index or 0) if device.type == "cuda" else 8)
+
+
+def tile_config(D: int) -> tuple[int, int, int]:
+    """(BLOCK_D, ROWS per tile, num_warps) for a row length ``D``."""
+    block_d = triton.next_power_of_2(D)
+    rows = max(1, min(16, 4096 // block_d))
+    num_warps = 4 if block_d <= 1024 else 8 if block_d <= 4096 else 16
+    return block_d, rows, num_warps
+
+
+def norm_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
+    centered: bool, offset: float, round_to: torch.dtype | None, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x``: [rows, D] with unit column stride. Returns y, mean (empty if not centered), rstd."""
+    n_rows, D = x.shape
+    block_d, rows, num_warps = tile_config(D)
+    y = torch.empty((n_rows, D), dtype=out_dtype, device=x.device)
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    mean = torch.empty(n_rows if centered else 0, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(n_rows, rows),)
+    _norm_fwd_kernel[grid](
+        x, weight, bias if bias is not None else weight, y, mean if centered else rstd, rstd,
+        n_rows, D, x.stride(0), y.stride(0), eps,
+        CENTERED=centered, HAS_BIAS=bias is not None, OFFSET=offset, ROUND=ROUND_CODES[round_to],
+        ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
+    )
+    return y, mean, rstd
+
+
+def chunk_rows_for(n_rows: int, device: torch.device, rows: int) -> int:
+    """Rows per work item: enough items to fill the GPU, a multiple of the tile height."""
+    chunk = triton.cdiv(n_rows, num_programs_target(device))
+    return max(rows, triton.cdiv(chunk, rows) * rows)
+
+
+def norm_backward(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+    has_bias: bool, centered: bool, offset: float, round_to: torch.dtype | None,
+    rows_per_example: int, items: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """dx and the per-item partial sums of dweight / dbias (``[items, D]`` float32).
+
+    Items are either ``items`` (an int32 ``[n, 2]`` table of row ranges) or every example of
+    ``rows_per_example`` rows cut into equal chunks; the caller maps items to examples.
+    """
+    n_rows, D = x.shape
+    block_d, rows, num_warps = tile_config(D)
+    dx = torch.empty((n_rows, D), dtype=x.dtype, device=x.device)
+    if items is not None:
+        n_items, chunk, per_example = items.shape[0], 0, 1
+    else:
+        chunk = min(chunk_rows_for(n_rows, x.device, rows), rows_per_example)
+        per_example = triton.cdiv(rows_per_example, chunk)
+        n_items = (n_rows // rows_per_example) * per_example
+    partial_w = torch.empty((n_items, D), dtype=torch.float32, device=x.device)
+    partial_b = torch.empty((n_items, D) if has_bias else (0, D), dtype=torch.float32, device=x.device)
+    if n_items:
+        _norm_bwd_kernel[(n_items,)](
+            dy, x, weight, mean if centered else rstd, rstd, dx, partial_w,
+            partial_b if has_bias else partial_w, items if items is not None else rstd,
+            D, dy.stride(0), x.stride(0), dx.stride(0), rows_per_example, per_example, chunk,
+            CENTERED=centered, HAS_BIAS=has_bias, OFFSET=offset, ROUND=ROUND_CODES[round_to],
+            USE_TABLE=items is not None, ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
+        )
+    return dx, partial_w, partial_b if has_bias else None

@@ -107,6 +107,11 @@ def _norm_bwd_kernel(
         tl.store(PB + pid.to(tl.int64) * D + cols, acc_b, mask=col_ok)
 
 
+def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Output allocation (tests replace it to poison outputs the kernels must overwrite)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 @functools.lru_cache(maxsize=None)
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -132,9 +137,9 @@ def norm_forward(
     """``x``: [rows, D] with unit column stride. Returns y, mean (empty if not centered), rstd."""
     n_rows, D = x.shape
     block_d, rows, num_warps = tile_config(D)
-    y = torch.empty((n_rows, D), dtype=out_dtype, device=x.device)
-    rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    mean = torch.empty(n_rows if centered else 0, dtype=torch.float32, device=x.device)
+    y = _empty((n_rows, D), out_dtype, x.device)
+    rstd = _empty(n_rows, torch.float32, x.device)
+    mean = _empty(n_rows if centered else 0, torch.float32, x.device)
     grid = (triton.cdiv(n_rows, rows),)
     _norm_fwd_kernel[grid](
         x, weight, bias if bias is not None else weight, y, mean if centered else rstd, rstd,
@@ -163,15 +168,15 @@ def norm_backward(
     """
     n_rows, D = x.shape
     block_d, rows, num_warps = tile_config(D)
-    dx = torch.empty((n_rows, D), dtype=x.dtype, device=x.device)
+    dx = _empty((n_rows, D), x.dtype, x.device)
     if items is not None:
         n_items, chunk, per_example = items.shape[0], 0, 1
     else:
         chunk = min(chunk_rows_for(n_rows, x.device, rows), rows_per_example)
         per_example = triton.cdiv(rows_per_example, chunk)
         n_items = (n_rows // rows_per_example) * per_example
-    partial_w = torch.empty((n_items, D), dtype=torch.float32, device=x.device)
-    partial_b = torch.empty((n_items, D) if has_bias else (0, D), dtype=torch.float32, device=x.device)
+    partial_w = _empty((n_items, D), torch.float32, x.device)
+    partial_b = _empty((n_items, D) if has_bias else (0, D), torch.float32, x.device)
     if n_items:
         _norm_bwd_kernel[(n_items,)](
             dy, x, weight, mean if centered else rstd, rstd, dx, partial_w,

@@ -1,0 +1,225 @@
+"""The Triton kernels against float64 brute force.
+
+On CPU (CI) the real kernels run under TRITON_INTERPRET=1 at small, odd shapes. With
+HF_GNS_TEST_DEVICE=cuda the same checks run on the GPU at large shapes (D up to 16384,
+up to 65536 rows): ``HF_GNS_TEST_DEVICE=cuda python -m pytest tests/test_kernels.py``.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEVICE = os.environ.get("HF_GNS_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of triton kernels
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("triton")
+
+from hf_gns.formulas import KNOWN_FORMULAS, CastOrder, NormFormula  # noqa: E402
+from hf_gns.kernels import op, triton_norm  # noqa: E402
+from hf_gns.probe import NormPlan  # noqa: E402
+from hf_gns.recorder import ExampleLayout  # noqa: E402
+
+ON_GPU = DEVICE == "cuda"
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}
+EPS = 1e-5
+
+if ON_GPU:
+    SHAPES = [(8, 2048, 768), (4, 4096, 2048), (16, 1024, 4096), (2, 8192, 8192), (4, 4096, 16384),
+              (64, 1024, 1000), (65536, 1, 72), (1, 65536, 3000)]
+else:
+    SHAPES = [(3, 5, 72), (1, 1, 72), (4, 1, 33), (2, 7, 129), (1, 3, 1), (5, 2, 200)]
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every kernel output starts as NaN, so an element the kernel forgets to write fails."""
+
+    def empty_nan(shape, dtype, device):
+        return torch.full(shape if isinstance(shape, tuple) else (shape,), float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(triton_norm, "_empty", empty_nan)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all(), "non-finite (unwritten?) output"
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _oracle_forward(formula: NormFormula, x, w, b):
+    """float64 math of the formula, without any rounding to low precision."""
+    x = x.double()
+    if formula.centered:
+        x = x - x.mean(-1, keepdim=True)
+    normed = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + EPS)
+    y = normed * (w.double() + formula.weight_offset)
+    return y + b.double() if b is not None else y
+
+
+def _make_module(formula: NormFormula, D: int, pdtype: torch.dtype) -> tuple[nn.Module, NormPlan]:
+    m = nn.Module()
+    m.weight = nn.Parameter(torch.randn(D, device=DEVICE).to(pdtype))
+    m.bias = nn.Parameter(torch.randn(D, device=DEVICE).to(pdtype)) if formula.has_bias else None
+    names = ("weight", "bias") if formula.has_bias else ("weight",)
+    return m, NormPlan(formula=formula, eps=EPS, param_names=names)
+
+
+def _brute_force(formula, m, x, dy, segments=None):
+    """Per-example (or per-segment) gradients, one float64 backward per example."""
+    pieces = []
+    if segments is None:
+        pieces = [(x[i : i + 1], dy[i : i + 1]) for i in range(x.shape[0])]
+    else:
+        pieces = [(x[:, a:b], dy[:, a:b]) for a, b in zip(segments[:-1], segments[1:])]
+    w = m.weight.detach().double().requires_grad_()
+    b = m.bias.detach().double().requires_grad_() if m.bias is not None else None
+    per_w, per_b = [], []
+    for xi, dyi in pieces:
+        y = _oracle_forward(formula, xi, w, b)
+        gw, *gb = torch.autograd.grad((y * dyi.double()).sum(), [w] + ([b] if b is not None else []))
+        per_w.append(gw)
+        per_b.extend(gb)
+    return torch.stack(per_w), (torch.stack(per_b) if per_b else None)
+
+
+def _run(formula, x, m, plan, dy, segments=None):
+    got = {}
+
+    def sink(grads):
+        got.update(grads)
+
+    sink.segments = segments
+    sink.layout = ExampleLayout(segment_starts=segments)
+    xin = x.detach().clone().requires_grad_()
+    y = op.triton_norm(m, plan, xin, sink)
+    y.backward(dy.to(y.dtype))
+    return y, xin.grad, got
+
+
+@pytest.mark.parametrize("formula", KNOWN_FORMULAS, ids=lambda f: f.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_forward_backward_and_per_example(formula, dtype, shape):
+    B, T, D = shape
+    m, plan = _make_module(formula, D, torch.float32)
+    x = (torch.randn(B, T, D, device=DEVICE) * 2 + 0.5).to(dtype)
+    dy = torch.randn(B, T, D, device=DEVICE)
+    y, dx, got = _run(formula, x, m, plan, dy)
+
+    x64 = x.double().requires_grad_()
+    w64 = m.weight.detach().double().requires_grad_()
+    b64 = m.bias.detach().double().requires_grad_() if m.bias is not None else None
+    ref = _oracle_forward(formula, x64, w64, b64)
+    ref.backward(dy.double())
+    tol = TOL[dtype]
+    assert y.shape == x.shape
+    assert _rel(y, ref) <= tol
+    # dx cancels to ~eps-sized values when D == 1: measure against the size of its terms
+    xc = x64.detach() - x64.detach().mean(-1, keepdim=True) if formula.centered else x64.detach()
+    terms = dy.double() * (m.weight.detach().double() + formula.weight_offset) / torch.sqrt(xc.pow(2).mean(-1, keepdim=True) + EPS)
+    assert (dx.double() - x64.grad).norm() <= tol * max(x64.grad.norm(), terms.norm() if D == 1 else 0)
+    assert _rel(m.weight.grad, w64.grad) <= tol
+    per_w, per_b = _brute_force(formula, m, x, dy)
+    assert got["weight"].shape == (B, D)
+    assert _rel(got["weight"], per_w) <= tol
+    if formula.has_bias:
+        assert _rel(m.bias.grad, b64.grad) <= tol
+        assert _rel(got["bias"], per_b) <= tol
+    else:
+        assert "bias" not in got
+    # squared norms, as the statistics use them
+    got_sq, want_sq = got["weight"].double().pow(2).sum().item(), per_w.pow(2).sum().item()
+    assert abs(got_sq - want_sq) <= 2 * tol * want_sq + 1e-20
+
+
+@pytest.mark.parametrize("formula", [f for f in KNOWN_FORMULAS if f.name in ("layer_norm", "llama_rms", "gemma_rms")],
+                         ids=lambda f: f.name)
+def test_packed_segments(formula):
+    lengths = [3, 1, 6, 2] if not ON_GPU else [1000, 1, 3000, 96, 4096]
+    segments = [0]
+    for n in lengths:
+        segments.append(segments[-1] + n)
+    D = 72 if not ON_GPU else 2048
+    m, plan = _make_module(formula, D, torch.float32)
+    x = torch.randn(1, segments[-1], D, device=DEVICE)
+    dy = torch.randn_like(x)
+    _, _, got = _run(formula, x, m, plan, dy, segments)
+    per_w, per_b = _brute_force(formula, m, x, dy, segments)
+    assert got["weight"].shape == (len(lengths), D)
+    assert _rel(got["weight"], per_w) <= 1e-5
+    if per_b is not None:
+        assert _rel(got["bias"], per_b) <= 1e-5
+
+
+def test_four_dim_input_and_noncontiguous():
+    """(B, T, H, hd) like qwen3's q_norm, given as a transposed (non-contiguous) view."""
+    formula = next(f for f in KNOWN_FORMULAS if f.name == "llama_rms")
+    B, T, H, hd = (3, 4, 5, 24) if not ON_GPU else (8, 1024, 16, 128)
+    m, plan = _make_module(formula, hd, torch.float32)
+    x = torch.randn(B, H, T, hd, device=DEVICE).transpose(1, 2)
+    assert not x.is_contiguous()
+    dy = torch.randn(B, T, H, hd, device=DEVICE)
+    y, dx, got = _run(formula, x, m, plan, dy)
+    per_w, _ = _brute_force(formula, m, x, dy)
+    assert _rel(got["weight"], per_w) <= 1e-5
+    ref = _oracle_forward(formula, x, m.weight.detach(), None)
+    assert _rel(y, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("pdtype", [torch.float32, torch.bfloat16], ids=str)
+def test_output_dtypes_follow_modelling_code(pdtype):
+    """Output dtype of each casting order matches `reference_forward` in every dtype mix."""
+    from hf_gns.formulas import reference_forward
+
+    for formula in KNOWN_FORMULAS:
+        if formula.cast is CastOrder.NATIVE and pdtype != torch.float32:
+            continue
+        m, plan = _make_module(formula, 40, pdtype)
+        x = torch.randn(2, 3, 40, device=DEVICE, dtype=torch.bfloat16)
+        ref = reference_forward(formula, x, m.weight, m.bias, EPS)
+        got = op.triton_norm(m, plan, x, None)
+        assert got.dtype == ref.dtype, formula.name
+        assert _rel(got, ref) <= 2e-2
+
+
+def test_no_recording_path_gradients():
+    """Without a sink the op's own autograd (used under torch.compile) gives the same grads."""
+    formula = KNOWN_FORMULAS[0]
+    m, plan = _make_module(formula, 72, torch.float32)
+    x = torch.randn(4, 3, 72, device=DEVICE, requires_grad=True)
+    dy = torch.randn(4, 3, 72, device=DEVICE)
+    op.triton_norm(m, plan, x, None).backward(dy)
+    x64 = x.detach().double().requires_grad_()
+    w64 = m.weight.detach().double().requires_grad_()
+    b64 = m.bias.detach().double().requires_grad_()
+    _oracle_forward(formula, x64, w64, b64).backward(dy.double())
+    assert _rel(x.grad, x64.grad) <= 1e-5
+    assert _rel(m.weight.grad, w64.grad) <= 1e-5
+    assert _rel(m.bias.grad, b64.grad) <= 1e-5
+
+
+def test_compiled_model_matches_eager():
+    """torch.compile(fullgraph=True) traces through the custom ops: same outputs and grads."""
+    formula = next(f for f in KNOWN_FORMULAS if f.name == "llama_rms")
+    m, plan = _make_module(formula, 48, torch.float32)
+
+    def f(x):
+        return (op.triton_norm(m, plan, x, None) * 2.0).sin()
+
+    x = torch.randn(3, 5, 48, device=DEVICE)
+    x1 = x.clone().requires_grad_()
+    f(x1).sum().backward()
+    g_eager = m.weight.grad.clone()
+    m.weight.grad = None
+    x2 = x.clone().requires_grad_()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if not ON_GPU else "inductor")
+    out = compiled(x2)
+    out.sum().backward()
+    assert _rel(out, f(x).detach()) <= 1e-6
+    assert _rel(x2.grad, x1.grad) <= 1e-6
+    assert _rel(m.weight.grad, g_eager) <= 1e-6

@@ -6,7 +6,7 @@
 """
 
 from .estimator import EMA, GNSEstimate, GNSTracker, NotEstimable, estimate, estimate_per_param
-from .patch import describe, patch_model, patched_module_names, unpatch_model
+from .patch import describe, patch_model, patched_module_names, set_recording, unpatch_model
 from .stats import GradientStats, ParamStats, gather_stats, reset_stats
 
 __version__ = "0.1.0"
@@ -25,6 +25,7 @@ __all__ = [
     "patch_model",
     "patched_module_names",
     "reset_stats",
+    "set_recording",
     "unpatch_model",
 ]
 

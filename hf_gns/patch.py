@@ -54,13 +54,14 @@ class PatchedNorm:
             for n in plan.param_names
         }
         self.module_ref = module
+        self.enabled = True
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs):
         module = self.module_ref
         if args or kwargs or not isinstance(x, torch.Tensor):
             return self.original_forward(x, *args, **kwargs)
-        recording = torch.is_grad_enabled() and any(p.requires_grad for p in self._params())
+        recording = self.enabled and torch.is_grad_enabled() and any(p.requires_grad for p in self._params())
         if self._use_triton(x):
             from .kernels.op import triton_norm
 
@@ -241,6 +242,12 @@ def unpatch_model(model: nn.Module) -> None:
     root = model.__dict__.pop(_ROOT_STATE, None)
     if root is not None:
         root[1].remove()
+
+
+def set_recording(model: nn.Module, enabled: bool) -> None:
+    """Turn per-example recording on or off; patched layers keep computing the same outputs."""
+    for _, state in patched_modules(model):
+        state.enabled = enabled
 
 
 def describe(model: nn.Module) -> dict[str, str]:

@@ -124,8 +124,9 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
                      query_pre_attn_scalar=18, sliding_window=4),
     "gemma3": _build(T.Gemma3ForCausalLM, T.Gemma3TextConfig, **_common, **_kv, head_dim=18,
                      query_pre_attn_scalar=18, sliding_window=4),
-    "phi": _build(T.PhiForCausalLM, T.PhiConfig, **_common, qk_layernorm=True),
-    "phi3": _build(T.Phi3ForCausalLM, T.Phi3Config, **_common, **_kv),
+    # qk_layernorm: nn.LayerNorm on (B, H, T, hd)
+    "phi": _build(T.PhiForCausalLM, T.PhiConfig, **{**_common, "num_attention_heads": 3}, qk_layernorm=True),
+    "phi3": _build(T.Phi3ForCausalLM, T.Phi3Config, **_common, **_kv, pad_token_id=0),
     "falcon": _build(T.FalconForCausalLM, T.FalconConfig, vocab_size=VOCAB, hidden_size=lambda h: h,
                      num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2,
                      new_decoder_architecture=True, ffn_hidden_size=40),
@@ -146,8 +147,10 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     "olmo2": _build(T.Olmo2ForCausalLM, T.Olmo2Config, **_common, **_kv),
     "cohere": _build(T.CohereForCausalLM, T.CohereConfig, **_common, **_kv, use_qk_norm=True),
     "modernbert": _build(T.ModernBertForMaskedLM, T.ModernBertConfig, **{**_common, "num_hidden_layers": 3},
-                         global_attn_every_n_layers=2, local_attention=4, norm_bias=False),
-    "deepseek_v3": _build(T.DeepseekV3ForCausalLM, T.DeepseekV3Config, **_common, **_kv, q_lora_rank=24,
+                         global_attn_every_n_layers=2, local_attention=4, norm_bias=False, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2),
+    "deepseek_v3": _build(T.DeepseekV3ForCausalLM, T.DeepseekV3Config, **_common, num_key_value_heads=4,
+                          q_lora_rank=24,
                           kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=10, v_head_dim=12,
                           n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
                           first_k_dense_replace=1, moe_intermediate_size=16, n_shared_experts=1),
@@ -238,6 +241,8 @@ def example_grads_bruteforce(
     sum_i c_i is the gradient of the batch loss. ``model`` should be unpatched (grads are taken
     with torch.autograd.grad; ``.grad`` is left untouched).
     """
+    if not param_names:
+        return {}
     loss_fn = loss_fn or per_example_losses
     n = num_label_tokens(batch) if normalizer is None else normalizer
     params = dict(model.named_parameters())

@@ -1,0 +1,158 @@
+"""Forward+backward time of normalization layers: torch, torch.compile, Liger, hf_gns.
+
+    python benchmarks/bench_norms.py [--rows 16384] [--dims 768,1024,...] [--json out.json]
+
+Every variant runs ``y = norm(x); y.backward(dy)`` with fresh ``.grad`` each call
+(`triton.testing.do_bench`, median). hf_gns runs the real patched module: per-example
+norms recorded into its accumulators (B examples of rows/B rows each), or off (no grad
+recording, as in eval-with-grad). Effective bandwidth counts 5 passes over rows x D
+(read x fwd, write y, read x and dy bwd, write dx) against a measured copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import torch
+import triton
+from torch import nn
+from triton.testing import do_bench
+
+import hf_gns
+from hf_gns.stats import reset_stats
+
+
+class HFLlamaRMSNorm(nn.Module):
+    """transformers' LlamaRMSNorm forward, verbatim in behaviour (the eager HF baseline)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states):
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second."""
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    ms = do_bench(lambda: b.copy_(a), warmup=50, rep=300, return_mode="median")
+    return 2 * a.numel() / (ms * 1e-3)
+
+
+def make_module(kind: str, D: int, dtype: torch.dtype, impl: str) -> nn.Module:
+    if impl == "liger":
+        from liger_kernel.transformers import LigerLayerNorm, LigerRMSNorm
+
+        m = LigerLayerNorm(D) if kind == "layernorm" else LigerRMSNorm(D)
+    elif kind == "layernorm":
+        m = nn.LayerNorm(D)
+    elif impl == "torch_fused":
+        m = nn.RMSNorm(D, eps=1e-6)
+    else:
+        m = HFLlamaRMSNorm(D)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return m.to(device="cuda", dtype=dtype)
+
+
+def time_variant(kind, rows, D, dtype, impl, examples) -> float:
+    torch.manual_seed(0)
+    module = make_module(kind, D, dtype, "liger" if impl == "liger" else ("torch_fused" if impl == "torch_fused" else "torch"))
+    params = list(module.parameters())
+    x = torch.randn(examples, rows // examples, D, device="cuda", dtype=dtype, requires_grad=True)
+    dy = torch.randn_like(x)
+    fn_module = module
+    if impl == "compile":
+        fn_module = torch.compile(module)
+    if impl in ("hf_gns", "hf_gns_off"):
+        wrapper = nn.Sequential(module)
+        hf_gns.patch_model(wrapper, kernel="triton")
+        fn_module = wrapper
+        if impl == "hf_gns_off":
+            hf_gns.set_recording(wrapper, False)  # same kernels, no per-example outputs
+
+    def step():
+        x.grad = None
+        for p in params:
+            p.grad = None
+        y = fn_module(x)
+        y.backward(dy)
+        if impl == "hf_gns":
+            reset_stats(fn_module)
+
+    step()
+    return do_bench(step, warmup=25, rep=150, return_mode="median") * 1e3  # microseconds
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=16384)
+    ap.add_argument("--examples", type=int, default=8)
+    ap.add_argument("--dims", default="768,1024,2048,4096,8192,16384")
+    ap.add_argument("--dtypes", default="bfloat16,float32")
+    ap.add_argument("--kinds", default="layernorm,rmsnorm")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    try:
+        import liger_kernel  # noqa: F401
+        have_liger = True
+    except ImportError:
+        have_liger = False
+    bw = copy_bandwidth()
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+          f"copy bandwidth {bw / 1e12:.2f} TB/s, liger {'yes' if have_liger else 'no'}", flush=True)
+    impls = ["torch", "compile"] + (["liger"] if have_liger else []) + ["hf_gns", "hf_gns_off"]
+    results = []
+    header = f"{'kind':9} {'dtype':8} {'rows x D':>12} {'floor':>6} " + " ".join(f"{i:>10}" for i in impls) + \
+        "  gns/best  gns/floor  off/on  GB/s"
+    print(header)
+    for kind in args.kinds.split(","):
+        for dtype_name in args.dtypes.split(","):
+            dtype = getattr(torch, dtype_name)
+            for D in map(int, args.dims.split(",")):
+                row = {"kind": kind, "dtype": dtype_name, "rows": args.rows, "D": D}
+                floor_us = 5 * args.rows * D * dtype.itemsize / bw * 1e6
+                row["floor_us"] = floor_us
+                for impl in impls:
+                    try:
+                        row[impl] = time_variant(kind, args.rows, D, dtype, impl, args.examples)
+                    except Exception as error:  # a peer that fails at a shape is reported, not fatal
+                        print(f"  {impl} failed at {kind} {dtype_name} D={D}: {error}", file=sys.stderr)
+                        row[impl] = math.nan
+                    torch._dynamo.reset()
+                peers = [row[i] for i in ("torch", "compile", "liger") if i in row and not math.isnan(row[i])]
+                if kind == "rmsnorm":
+                    try:
+                        row["torch_fused"] = time_variant(kind, args.rows, D, dtype, "torch_fused", args.examples)
+                        peers.append(row["torch_fused"])
+                    except Exception:
+                        row["torch_fused"] = math.nan
+                best = min(peers)
+                row["vs_best"] = row["hf_gns"] / best
+                row["vs_floor"] = row["hf_gns"] / floor_us
+                row["off_vs_on"] = row["hf_gns_off"] / row["hf_gns"]
+                row["gbps"] = 5 * args.rows * D * dtype.itemsize / (row["hf_gns"] * 1e-6) / 1e9
+                results.append(row)
+                print(f"{kind:9} {dtype_name:8} {args.rows:>6}x{D:<5} {floor_us:6.0f} "
+                      + " ".join(f"{row[i]:10.1f}" for i in impls)
+                      + f"  {row['vs_best']:8.2f}  {row['vs_floor']:9.2f}  {row['off_vs_on']:6.2f}  {row['gbps']:5.0f}",
+                      flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"copy_bandwidth": bw, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                       "triton": triton.__version__, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

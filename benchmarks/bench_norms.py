@@ -148,10 +148,11 @@ def main(argv=None) -> None:
                       + " ".join(f"{row[i]:10.1f}" for i in impls)
                       + f"  {row['vs_best']:8.2f}  {row['vs_floor']:9.2f}  {row['off_vs_on']:6.2f}  {row['gbps']:5.0f}",
                       flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"copy_bandwidth": bw, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                       "triton": triton.__version__, "results": results}, f, indent=1)
+                if args.json:  # rewritten after every row, so a cut-off run keeps what it measured
+                    with open(args.json, "w") as f:
+                        json.dump({"copy_bandwidth": bw, "device": torch.cuda.get_device_name(),
+                                   "torch": torch.__version__, "triton": triton.__version__,
+                                   "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,20 @@ def build(name: str):
     return LlamaForCausalLM(cfg), cfg.vocab_size
 
 
-def step_fn(model, ids, patched: bool):
+VARIANTS = {
+    "unpatched": "the model as built",
+    "kernels_only": "patched, recording off: the Triton norm kernels alone",
+    "recording": "patched, per-example norms recorded, statistics never read",
+    "gather_sync": "recording + gather_stats + estimate every step (one blocking host sync)",
+    "hf_gns": "recording + GNSCallback's pattern: async gather, read one step later",
+}
+
+
+def step_fn(model, ids, variant: str):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    in_flight = []
+    if variant != "unpatched":
+        hf_gns.set_recording(model, variant != "kernels_only")
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -38,9 +50,14 @@ def step_fn(model, ids, patched: bool):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if patched:
-            stats = hf_gns.gather_stats(model)
-            hf_gns.estimate(stats)
+        if variant == "recording":
+            hf_gns.reset_stats(model)
+        elif variant == "gather_sync":
+            hf_gns.estimate(hf_gns.gather_stats(model))
+        elif variant == "hf_gns":
+            in_flight.append(hf_gns.gather_stats_async(model))
+            if len(in_flight) > 1:
+                hf_gns.estimate(in_flight.pop(0).result())
 
     return step
 
@@ -52,6 +69,7 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default="gpt2-124m,llama-125m")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    print("variants:\n" + "\n".join(f"  {k}: {v}" for k, v in VARIANTS.items()))
     rows = []
     for name in args.models.split(","):
         torch.manual_seed(0)
@@ -61,16 +79,19 @@ def main(argv=None) -> None:
         patched = copy.deepcopy(base)
         hf_gns.patch_model(patched)
         times = {}
-        for label, model, is_patched in [("unpatched", base, False), ("hf_gns", patched, True),
-                                         ("unpatched_again", base, False)]:
-            fn = step_fn(model, ids, is_patched)
+        for variant in ["unpatched", "kernels_only", "recording", "gather_sync", "hf_gns", "unpatched_again"]:
+            label = variant
+            variant = variant.replace("_again", "")
+            model = base if variant == "unpatched" else patched
+            fn = step_fn(model, ids, variant)
             fn()
-            times[label] = do_bench(fn, warmup=200, rep=2000, return_mode="median")
-        ratio = times["hf_gns"] / min(times["unpatched"], times["unpatched_again"])
-        row = {"model": name, "batch": args.batch, "seq": args.seq, **times, "ratio": ratio}
+            times[label] = do_bench(fn, warmup=200, rep=1500, return_mode="median")
+        base_ms = min(times["unpatched"], times["unpatched_again"])
+        row = {"model": name, "batch": args.batch, "seq": args.seq, **times,
+               **{f"ratio_{k}": v / base_ms for k, v in times.items() if not k.startswith("unpatched")}}
         rows.append(row)
-        print(f"{name}: unpatched {times['unpatched']:.2f} ms (again {times['unpatched_again']:.2f}), "
-              f"hf_gns {times['hf_gns']:.2f} ms, ratio {ratio:.3f}", flush=True)
+        print(f"{name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in times.items())
+              + f"; hf_gns/unpatched {row['ratio_hf_gns']:.3f}", flush=True)
         del base, patched
         torch.cuda.empty_cache()
     if args.json:

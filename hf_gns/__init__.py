@@ -7,7 +7,7 @@
 
 from .estimator import EMA, GNSEstimate, GNSTracker, NotEstimable, estimate, estimate_per_param
 from .patch import describe, patch_model, patched_module_names, set_recording, unpatch_model
-from .stats import GradientStats, ParamStats, gather_stats, reset_stats
+from .stats import GradientStats, ParamStats, PendingStats, gather_stats, gather_stats_async, reset_stats
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,8 @@ __all__ = [
     "estimate",
     "estimate_per_param",
     "gather_stats",
+    "gather_stats_async",
+    "PendingStats",
     "patch_model",
     "patched_module_names",
     "reset_stats",

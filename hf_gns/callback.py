@@ -21,7 +21,7 @@ from transformers.trainer_callback import CallbackHandler
 
 from .estimator import GNSTracker, NotEstimable, estimate, estimate_per_param
 from .patch import patch_model, patched_modules
-from .stats import gather_stats, reset_stats
+from .stats import PendingStats, gather_stats_async, reset_stats
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ class GNSCallback(TrainerCallback):
         self.policy = _make_policy(batch_size)
         self.trainer = None
         self.history: list[dict[str, float]] = []
-        self._pending: dict[str, float] = {}
+        self._to_log: dict[str, float] = {}
+        self._in_flight: list[tuple[int, PendingStats, float, bool]] = []
         self._scale = 1.0
         self._skipped_step = False
         self._model = None
@@ -112,30 +113,40 @@ class GNSCallback(TrainerCallback):
         model = model if model is not None else self._model
         if model is None:
             return
-        stats = gather_stats(model, reset=True)
-        record = self._measure(stats, state)
+        # start this step's reduction; read the previous step's (a fixed one-step lag, so the
+        # GPU queue never drains and every rank decides on the same numbers)
+        pending = gather_stats_async(model, reset=True)
+        self._in_flight.append((state.global_step, pending, self._scale, self._skipped_step))
+        self._skipped_step = False
+        self._resolve(upto=state.global_step - 1)
         if self.policy is not None:
-            self.policy.on_step_end(args, state, control, self.tracker, record)
-            record.update(self.policy.log_values())
-        self._pending = record
-        self.history.append({"step": state.global_step, **record})
+            self.policy.on_step_end(args, state, control, self.tracker)
 
-    def _measure(self, stats, state: TrainerState) -> dict[str, float]:
+    def _resolve(self, upto: int) -> None:
+        """Fold in the measurements of every step <= ``upto``, oldest first."""
+        while self._in_flight and self._in_flight[0][0] <= upto:
+            step, pending, scale, skipped = self._in_flight.pop(0)
+            record = self._measure(pending.result(), step, scale, skipped)
+            if self.policy is not None:
+                record.update(self.policy.log_values())
+            self._to_log = record
+            self.history.append({"step": step, **record})
+
+    def _measure(self, stats, step: int, scale: float, skipped: bool) -> dict[str, float]:
         p = self.prefix
         record: dict[str, float] = {}
         reason = None
-        if self._skipped_step:
+        if skipped:
             reason = "optimizer step skipped (fp16 overflow)"
         elif stats.problems:
             reason = "; ".join(stats.problems[:2])
         else:
             try:
-                est = estimate(stats, scale=self._scale)
+                est = estimate(stats, scale=scale)
             except NotEstimable as error:
                 reason = str(error)
-        self._skipped_step = False
         if reason is not None:
-            logger.warning("hf_gns: step %d not measured: %s", state.global_step, reason)
+            logger.warning("hf_gns: step %d not measured: %s", step, reason)
             record[p + "skipped"] = 1.0
         else:
             self.tracker.update(est)
@@ -152,26 +163,34 @@ class GNSCallback(TrainerCallback):
                 p + "skipped": 0.0,
             })
             if self.log_layers:
-                for name, layer_est in estimate_per_param(stats, scale=self._scale).items():
+                for name, layer_est in estimate_per_param(stats, scale=scale).items():
                     tracker = self.layer_trackers.setdefault(name, GNSTracker(self.ema))
                     tracker.update(layer_est)
                     record[f"{p}layer/{name}"] = tracker.b_simple
         return record
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not self._pending or logs is None:
+        self._resolve(upto=state.global_step)
+        if not self._to_log or logs is None:
             return
-        logs.update(self._pending)
+        logs.update(self._to_log)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
-            state.log_history[-1].update(self._pending)
-        self._pending = {}
+            state.log_history[-1].update(self._to_log)
+        self._to_log = {}
 
     # -- persistence -----------------------------------------------------------------------
     def on_save(self, args, state, control, **kwargs):
+        self._resolve(upto=state.global_step)
         self._write_history(args, state)
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._resolve(upto=state.global_step)
         self._write_history(args, state)
+
+    @property
+    def last(self) -> dict[str, float]:
+        """The most recent measured step's logged values."""
+        return self.history[-1] if self.history else {}
 
     def _write_history(self, args: TrainingArguments, state: TrainerState) -> None:
         if not self.history_file or not state.is_world_process_zero or not args.output_dir:

@@ -68,63 +68,108 @@ def reset_stats(model: nn.Module) -> None:
 
 
 def gather_stats(model: nn.Module, reset: bool = True, reduce: bool = True) -> GradientStats:
-    """Gradient statistics of every patched parameter since the last reset.
+    """Gradient statistics of every patched parameter since the last reset (one host sync).
 
     ``reduce`` all-reduces across torch.distributed ranks when a process group is initialized
     (every rank must call this together). ``reset`` clears the accumulators afterwards.
+    """
+    return gather_stats_async(model, reset=reset, reduce=reduce).result()
+
+
+class PendingStats:
+    """Statistics reduced on the device and being copied to the host without blocking.
+
+    `result` waits for the copy (a no-op once `ready`), so a training loop can start the
+    gather after step k and read it during step k+1 without ever stalling the GPU queue.
+    """
+
+    def __init__(self, names, counts, values, event, world, problems) -> None:
+        self._names, self._counts, self._values = names, counts, values
+        self._event, self._world, self._problems = event, world, problems
+        self._result: GradientStats | None = None
+
+    def ready(self) -> bool:
+        return self._event is None or self._event.query()
+
+    def result(self) -> GradientStats:
+        if self._result is None:
+            if self._event is not None:
+                self._event.synchronize()
+            self._result = self._build()
+        return self._result
+
+    def _build(self) -> GradientStats:
+        problems = list(self._problems)
+        n, world = len(self._names), self._world
+        values = self._values.tolist()
+        counts = values[2 * n + 1 :] if self._counts is None else self._counts
+        per_param = {}
+        for i, name in enumerate(self._names):
+            if counts[i] > 0:
+                per_param[name] = ParamStats(int(round(counts[i])), values[i] / world**2, values[n + i] / world**2)
+        total = _total(per_param, problems)
+        warn_problems(problems)
+        return GradientStats(per_param=per_param, total=total, problems=tuple(problems), tokens=values[2 * n])
+
+
+def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True) -> PendingStats:
+    """Like `gather_stats`, but returns at once; call ``.result()`` when the numbers are needed.
+
+    Under torch.distributed the all-reduce is enqueued here, so every rank must call this
+    at the same point of training.
     """
     accs = _accumulators(model)
     for acc in accs:
         acc.finalize()
     problems = [p for acc in accs for p in acc.problems]
-    live = [a for a in accs if a.grad_sum is not None]
     world = _world_size(reduce)
-    per_param: dict[str, ParamStats] = {}
-    tokens = 0.0
-    if live or world > 1:
-        token_counts = [t for t in (c.take_tokens() for c in pass_counters(model)) if t is not None]
-        values = _reduced_values(accs, world, token_counts)
-        tokens = values.pop()
-        for i, acc in enumerate(accs):
-            count, sq, batch_sq = values[3 * i : 3 * i + 3]
-            if count > 0:
-                per_param[acc.name] = ParamStats(int(round(count)), sq / world**2, batch_sq / world**2)
-    total = _total(per_param, problems)
+    tokens = [t for t in (c.take_tokens() for c in pass_counters(model)) if t is not None]
+    device = _stats_device(accs, tokens, world)
+    counts = [float(acc.num_examples) for acc in accs]
+    sq = [acc.example_sq_sum if acc.example_sq_sum is not None else torch.zeros((), dtype=torch.float64, device=device)
+          for acc in accs]
+    sums = [acc.grad_sum if acc.grad_sum is not None else torch.zeros(acc.param.numel(), device=device)
+            for acc in accs]
+    token_total = torch.stack([t.to(device=device, dtype=torch.float64) for t in tokens]).sum() if tokens \
+        else torch.zeros((), dtype=torch.float64, device=device)
+    head = torch.stack([t.to(device) for t in sq] + [token_total]) if accs else token_total.reshape(1)
+    flat = torch.cat([head, torch.cat([v.to(device) for v in sums]).double()]) if accs else head
+    if world > 1:
+        host_counts = torch.tensor(counts, dtype=torch.float64)
+        flat = torch.cat([flat, host_counts.to(device, non_blocking=True)])
+        dist.all_reduce(flat)
+    n = len(accs)
+    sizes = [acc.param.numel() for acc in accs]
+    grad_sums = flat[n + 1 : n + 1 + sum(sizes)]
+    owner = torch.repeat_interleave(torch.arange(n, device=device), torch.tensor(sizes, device=device)) if n else None
+    batch_sq = torch.zeros(n, dtype=torch.float64, device=device)
+    if n:
+        batch_sq.index_add_(0, owner, grad_sums.pow(2))
+    pieces = [flat[:n], batch_sq, flat[n : n + 1]] + ([flat[n + 1 + sum(sizes) :]] if world > 1 else [])
+    out = torch.cat(pieces)
+    event = None
+    if out.device.type == "cuda":
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        out = host
     if reset:
         for acc in accs:
             acc.reset()
-    warn_problems(problems)
-    return GradientStats(per_param=per_param, total=total, problems=tuple(problems), tokens=tokens)
+    return PendingStats([a.name for a in accs], None if world > 1 else counts, out, event, world, problems)
 
 
-def _reduced_values(accs: list[ParamAccumulator], world: int, token_counts: list) -> list[float]:
-    """[count, sum_i ||c_i||^2, ||sum_i c_i||^2] per accumulator, then the token count;
-    summed over ranks, in one host sync."""
-    device = next((a.grad_sum.device for a in accs if a.grad_sum is not None), None)
-    if device is None:
-        device = accs[0].param.device if accs else torch.device("cpu")
-    scalars, vectors = [], []
+def _stats_device(accs: list[ParamAccumulator], tokens: list, world: int) -> torch.device:
     for acc in accs:
-        numel = acc.param.numel()
-        if acc.grad_sum is None:
-            scalars.append(torch.zeros(2, dtype=torch.float64, device=device))
-            vectors.append(torch.zeros(numel, dtype=torch.float64, device=device))
-        else:
-            count = torch.tensor([float(acc.num_examples)], dtype=torch.float64, device=device)
-            scalars.append(torch.cat([count, acc.example_sq_sum.reshape(1).to(device)]))
-            vectors.append(acc.grad_sum.to(device=device, dtype=torch.float64))
-    tokens = sum((t.to(device=device, dtype=torch.float64) for t in token_counts),
-                 torch.zeros((), dtype=torch.float64, device=device)).reshape(1)
-    flat = torch.cat(scalars + [tokens] + vectors)
-    if world > 1:
-        if dist.get_backend() == "nccl" and flat.device.type != "cuda":
-            flat = flat.cuda()
-        dist.all_reduce(flat)
-    n = len(accs)
-    head, tokens, tail = flat[: 2 * n].view(n, 2), flat[2 * n : 2 * n + 1], flat[2 * n + 1 :]
-    sizes = [a.param.numel() for a in accs]
-    batch_sq = torch.stack([v.pow(2).sum() for v in tail.split(sizes)]) if n else tail
-    return torch.cat([torch.cat([head, batch_sq.view(n, 1)], dim=1).flatten(), tokens]).tolist()
+        if acc.grad_sum is not None:
+            device = acc.grad_sum.device
+            break
+    else:
+        device = accs[0].param.device if accs else (tokens[0].device if tokens else torch.device("cpu"))
+    if world > 1 and dist.get_backend() == "nccl" and device.type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _total(per_param: dict[str, ParamStats], problems: list[str]) -> ParamStats:

@@ -29,8 +29,7 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}
 EPS = 1e-5
 
 if ON_GPU:
-    SHAPES = [(8, 2048, 768), (4, 4096, 2048), (16, 1024, 4096), (2, 8192, 8192), (4, 4096, 16384),
-              (64, 1024, 1000), (65536, 1, 72), (1, 65536, 3000)]
+    SHAPES = [(8, 2048, 768), (16, 1024, 4096), (2, 8192, 8192), (4, 4096, 16384), (65536, 1, 72), (1, 65536, 3000)]
 else:
     SHAPES = [(3, 5, 72), (1, 1, 72), (4, 1, 33), (2, 7, 129), (1, 3, 1), (5, 2, 200)]
 
@@ -70,21 +69,20 @@ def _make_module(formula: NormFormula, D: int, pdtype: torch.dtype) -> tuple[nn.
 
 
 def _brute_force(formula, m, x, dy, segments=None):
-    """Per-example (or per-segment) gradients, one float64 backward per example."""
-    pieces = []
+    """Per-example (or per-segment) gradients in float64: torch.func per example, no kernels."""
+    w = m.weight.detach().double()
+    b = m.bias.detach().double() if m.bias is not None else None
+
+    def example_loss(w, b, xi, dyi):
+        return (_oracle_forward(formula, xi.unsqueeze(0), w, b) * dyi.unsqueeze(0).double()).sum()
+
+    grad = torch.func.grad(example_loss, argnums=(0, 1) if b is not None else 0)
     if segments is None:
-        pieces = [(x[i : i + 1], dy[i : i + 1]) for i in range(x.shape[0])]
+        out = torch.func.vmap(grad, in_dims=(None, None, 0, 0))(w, b, x, dy)
     else:
-        pieces = [(x[:, a:b], dy[:, a:b]) for a, b in zip(segments[:-1], segments[1:])]
-    w = m.weight.detach().double().requires_grad_()
-    b = m.bias.detach().double().requires_grad_() if m.bias is not None else None
-    per_w, per_b = [], []
-    for xi, dyi in pieces:
-        y = _oracle_forward(formula, xi, w, b)
-        gw, *gb = torch.autograd.grad((y * dyi.double()).sum(), [w] + ([b] if b is not None else []))
-        per_w.append(gw)
-        per_b.extend(gb)
-    return torch.stack(per_w), (torch.stack(per_b) if per_b else None)
+        pieces = [grad(w, b, x[0, a:c], dy[0, a:c]) for a, c in zip(segments[:-1], segments[1:])]
+        out = tuple(torch.stack(t) for t in zip(*pieces)) if b is not None else torch.stack(pieces)
+    return out if b is not None else (out, None)
 
 
 def _run(formula, x, m, plan, dy, segments=None):

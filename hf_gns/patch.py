@@ -88,14 +88,14 @@ class PatchedNorm:
     def _sink(self, x: torch.Tensor):
         """Callback that receives the Triton backward's per-example vectors."""
         pass_id = self.counter.pass_id
-        segments = self.counter.layout.segments_for(x)
+        targets = [self.accumulators.get(n) for n in ("weight", "bias")]
 
-        def sink(grads: dict[str, torch.Tensor]) -> None:
-            for n, g in grads.items():
-                if n in self.accumulators:
-                    self.accumulators[n].add(g, pass_id)
+        def sink(per_example: torch.Tensor, sums: torch.Tensor) -> None:
+            for k in range(per_example.shape[1]):
+                if targets[k] is not None:
+                    targets[k].add(per_example[:, k], pass_id, sums[k])
 
-        sink.segments = segments
+        sink.segments = self.counter.layout.segments_for(x)
         sink.layout = self.counter.layout
         return sink
 

@@ -17,30 +17,39 @@ from torch import nn
 
 
 class ParamAccumulator:
-    """Running per-example statistics of one parameter since the last reset.
+    """Per-example gradients of one parameter since the last reset.
 
-    ``example_sq_sum`` is sum_i ||c_i||^2 and ``grad_sum`` is sum_i c_i, where c_i is
-    example i's contribution to the parameter's gradient.
+    A backward's per-example vectors (``[B, numel]`` float32) are kept as they arrive,
+    summed over repeated calls within one forward pass, and set aside once the pass's
+    gradient is complete. All squaring and reduction is left to `gather_stats`, which
+    does it for every parameter at once: no per-layer work or host sync here.
     """
 
     def __init__(self, name: str, param: nn.Parameter) -> None:
         self.name = name
         self.param = param
         self.pending: torch.Tensor | None = None
+        self.pending_sum: torch.Tensor | None = None
         self.pending_pass: int | None = None
-        self.example_sq_sum: torch.Tensor | None = None
-        self.grad_sum: torch.Tensor | None = None
+        self.finished: list[torch.Tensor] = []
+        self.finished_sums: list[torch.Tensor] = []
         self.num_examples = 0
         self.problems: list[str] = []
         self.hook = param.register_post_accumulate_grad_hook(lambda _: self.finalize())
 
-    def add(self, per_example: torch.Tensor, pass_id: int) -> None:
-        """Add one call's per-example gradients (``[B, *param.shape]``) for forward pass ``pass_id``."""
-        vectors = per_example.reshape(per_example.shape[0], -1).to(torch.float32)
+    def add(self, per_example: torch.Tensor, pass_id: int, total: torch.Tensor | None = None) -> None:
+        """Add one call's per-example gradients (``[B, *param.shape]``) for forward pass ``pass_id``.
+
+        ``total`` is their sum over examples, when the caller has it already.
+        """
+        vectors = per_example.reshape(per_example.shape[0], -1)
+        if vectors.dtype != torch.float32:
+            vectors = vectors.float()
+        total = total.reshape(-1) if total is not None else None
         if self.pending is not None and self.pending_pass != pass_id:
             self.finalize()
         if self.pending is None:
-            self.pending, self.pending_pass = vectors, pass_id
+            self.pending, self.pending_sum, self.pending_pass = vectors, total, pass_id
         elif self.pending.shape != vectors.shape:
             self.problems.append(
                 f"{self.name}: calls within one forward saw {self.pending.shape[0]} and "
@@ -48,21 +57,28 @@ class ParamAccumulator:
             )
         else:
             self.pending = self.pending + vectors
+            self.pending_sum = self.pending_sum + total if self.pending_sum is not None and total is not None else None
 
     def finalize(self) -> None:
-        """Square the summed per-example vectors of the last backward and fold them in."""
+        """Set aside the (summed) per-example vectors of the last backward."""
         if self.pending is None:
             return
-        vectors, self.pending, self.pending_pass = self.pending, None, None
-        sq = vectors.pow(2).sum(dtype=torch.float64)
-        total = vectors.sum(0)
-        self.example_sq_sum = sq if self.example_sq_sum is None else self.example_sq_sum + sq
-        self.grad_sum = total if self.grad_sum is None else self.grad_sum + total
-        self.num_examples += vectors.shape[0]
+        self.finished.append(self.pending)
+        self.finished_sums.append(self.pending_sum if self.pending_sum is not None else self.pending.sum(0))
+        self.num_examples += self.pending.shape[0]
+        self.pending = self.pending_sum = self.pending_pass = None
+
+    def grad_sum(self) -> torch.Tensor | None:
+        """sum_i c_i over everything recorded since the last reset."""
+        if not self.finished_sums:
+            return None
+        if len(self.finished_sums) == 1:
+            return self.finished_sums[0]
+        return torch.stack(self.finished_sums).sum(0)
 
     def reset(self) -> None:
-        self.pending = self.pending_pass = None
-        self.example_sq_sum = self.grad_sum = None
+        self.pending = self.pending_sum = self.pending_pass = None
+        self.finished, self.finished_sums = [], []
         self.num_examples = 0
         self.problems = []
 

@@ -115,8 +115,9 @@ class PendingStats:
 def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True) -> PendingStats:
     """Like `gather_stats`, but returns at once; call ``.result()`` when the numbers are needed.
 
-    Under torch.distributed the all-reduce is enqueued here, so every rank must call this
-    at the same point of training.
+    A fixed, small number of device ops whatever the number of layers. Under
+    torch.distributed the all-reduce is enqueued here, so every rank must call this at the
+    same point of training.
     """
     accs = _accumulators(model)
     for acc in accs:
@@ -125,28 +126,34 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
     world = _world_size(reduce)
     tokens = [t for t in (c.take_tokens() for c in pass_counters(model)) if t is not None]
     device = _stats_device(accs, tokens, world)
+    n = len(accs)
     counts = [float(acc.num_examples) for acc in accs]
-    sq = [acc.example_sq_sum if acc.example_sq_sum is not None else torch.zeros((), dtype=torch.float64, device=device)
-          for acc in accs]
-    sums = [acc.grad_sum if acc.grad_sum is not None else torch.zeros(acc.param.numel(), device=device)
-            for acc in accs]
+    zeros = torch.zeros(n, dtype=torch.float64, device=device)
+
+    vectors = [v for acc in accs for v in acc.finished]
+    owners = [i for i, acc in enumerate(accs) for _ in acc.finished]
+    example_sq = zeros.clone()
+    if vectors:
+        norms = torch.stack(torch._foreach_norm(vectors)).to(device=device, dtype=torch.float64)
+        example_sq.index_add_(0, torch.tensor(owners, device=device), norms.pow(2))
     token_total = torch.stack([t.to(device=device, dtype=torch.float64) for t in tokens]).sum() if tokens \
         else torch.zeros((), dtype=torch.float64, device=device)
-    head = torch.stack([t.to(device) for t in sq] + [token_total]) if accs else token_total.reshape(1)
-    flat = torch.cat([head, torch.cat([v.to(device) for v in sums]).double()]) if accs else head
+    sums = [acc.grad_sum() for acc in accs]
+    sums = [s if s is not None else torch.zeros(acc.param.numel(), device=device) for s, acc in zip(sums, accs)]
+
     if world > 1:
-        host_counts = torch.tensor(counts, dtype=torch.float64)
-        flat = torch.cat([flat, host_counts.to(device, non_blocking=True)])
+        sizes = [s.numel() for s in sums]
+        host_counts = torch.tensor(counts, dtype=torch.float64).to(device, non_blocking=True)
+        flat = torch.cat([example_sq, token_total.reshape(1), host_counts]
+                         + [s.to(device=device, dtype=torch.float64).reshape(-1) for s in sums])
         dist.all_reduce(flat)
-    n = len(accs)
-    sizes = [acc.param.numel() for acc in accs]
-    grad_sums = flat[n + 1 : n + 1 + sum(sizes)]
-    owner = torch.repeat_interleave(torch.arange(n, device=device), torch.tensor(sizes, device=device)) if n else None
-    batch_sq = torch.zeros(n, dtype=torch.float64, device=device)
-    if n:
-        batch_sq.index_add_(0, owner, grad_sums.pow(2))
-    pieces = [flat[:n], batch_sq, flat[n : n + 1]] + ([flat[n + 1 + sum(sizes) :]] if world > 1 else [])
-    out = torch.cat(pieces)
+        example_sq, token_total, counts_dev = flat[:n], flat[n], flat[n + 1 : 2 * n + 1]
+        owner = torch.repeat_interleave(torch.arange(n, device=device), torch.tensor(sizes, device=device))
+        batch_sq = zeros.clone().index_add_(0, owner, flat[2 * n + 1 :].pow(2))
+        out = torch.cat([example_sq, batch_sq, token_total.reshape(1), counts_dev])
+    else:
+        batch_sq = torch.stack(torch._foreach_norm(sums)).to(torch.float64).pow(2) if n else zeros
+        out = torch.cat([example_sq, batch_sq, token_total.reshape(1)])
     event = None
     if out.device.type == "cuda":
         host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
@@ -157,13 +164,15 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
     if reset:
         for acc in accs:
             acc.reset()
+        for counter in pass_counters(model):
+            counter.take_tokens()
     return PendingStats([a.name for a in accs], None if world > 1 else counts, out, event, world, problems)
 
 
 def _stats_device(accs: list[ParamAccumulator], tokens: list, world: int) -> torch.device:
     for acc in accs:
-        if acc.grad_sum is not None:
-            device = acc.grad_sum.device
+        if acc.finished_sums:
+            device = acc.finished_sums[0].device
             break
     else:
         device = accs[0].param.device if accs else (tokens[0].device if tokens else torch.device("cpu"))

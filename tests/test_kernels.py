@@ -88,8 +88,11 @@ def _brute_force(formula, m, x, dy, segments=None):
 def _run(formula, x, m, plan, dy, segments=None):
     got = {}
 
-    def sink(grads):
-        got.update(grads)
+    def sink(per_example, sums):
+        got["weight"] = per_example[:, 0]
+        if per_example.shape[1] == 2:
+            got["bias"] = per_example[:, 1]
+        got["sums"] = sums
 
     sink.segments = segments
     sink.layout = ExampleLayout(segment_starts=segments)
@@ -125,6 +128,7 @@ def test_forward_backward_and_per_example(formula, dtype, shape):
     per_w, per_b = _brute_force(formula, m, x, dy)
     assert got["weight"].shape == (B, D)
     assert _rel(got["weight"], per_w) <= tol
+    assert _rel(got["sums"][0], per_w.sum(0)) <= tol
     if formula.has_bias:
         assert _rel(m.bias.grad, b64.grad) <= tol
         assert _rel(got["bias"], per_b) <= tol

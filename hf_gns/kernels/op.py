@@ -40,19 +40,18 @@ def _(x, weight, bias, eps, centered, offset, round_to, out_dtype):
 def norm_bwd(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
     has_bias: bool, centered: bool, offset: float, round_to: Optional[torch.dtype],
-    rows_per_example: int, items: Optional[torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, pw, pb = K.norm_backward(dy.contiguous(), x, weight, mean, rstd, has_bias, centered, offset,
-                                 round_to, rows_per_example, items)
-    return dx, pw, pb if pb is not None else pw.new_empty(0, x.shape[1])
+    dx, partial = K.norm_backward(dy.contiguous(), x, weight, mean, rstd, has_bias, centered, offset,
+                                  round_to, x.shape[0], None)
+    sums = partial.sum(0)
+    return dx, sums[0], sums[1] if has_bias else sums.new_empty(0)
 
 
 @norm_bwd.register_fake
-def _(dy, x, weight, mean, rstd, has_bias, centered, offset, round_to, rows_per_example, items):
-    items_n = torch.library.get_ctx().new_dynamic_size()
+def _(dy, x, weight, mean, rstd, has_bias, centered, offset, round_to):
     d = x.shape[1]
-    return x.new_empty(x.shape), x.new_empty(items_n, d, dtype=torch.float32), \
-        x.new_empty(items_n if has_bias else 0, d, dtype=torch.float32)
+    return x.new_empty(x.shape), x.new_empty(d, dtype=torch.float32), x.new_empty(d if has_bias else 0,
+                                                                                  dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
@@ -65,10 +64,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, _dmean, _drstd):
     x, weight, mean, rstd = ctx.saved_tensors
     has_bias, centered, offset, round_to, bias_dtype = ctx.config
-    dx, pw, pb = norm_bwd(dy, x, weight, mean, rstd, has_bias, centered, offset, round_to, x.shape[0], None)
-    dw = pw.sum(0).to(weight.dtype)
-    db = pb.sum(0).to(bias_dtype) if has_bias else None
-    return dx, dw, db, None, None, None, None, None
+    dx, dw, db = norm_bwd(dy, x, weight, mean, rstd, has_bias, centered, offset, round_to)
+    return dx, dw.to(weight.dtype), (db.to(bias_dtype) if has_bias else None), None, None, None, None, None
 
 
 norm_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -135,12 +132,13 @@ def example_rows(x: torch.Tensor, n_rows: int, segments: list[int] | None, layou
     return ExampleRows(len(segments) - 1, 0, items, item_example)
 
 
-class _RecordingNorm(torch.autograd.Function):
-    """Eager-mode autograd that also delivers per-example gradients to ``sink``."""
+class _NormFunction(torch.autograd.Function):
+    """Eager autograd around the kernels; with ``rows`` it hands per-example vectors to ``sink``."""
 
     @staticmethod
-    def forward(ctx, x2d, weight, bias, cfg: KernelConfig, rows: ExampleRows, sink: Callable):
-        y, mean, rstd = norm_fwd(x2d, weight, bias, cfg.eps, cfg.centered, cfg.offset, cfg.round_to, cfg.out_dtype)
+    def forward(ctx, x2d, weight, bias, cfg: KernelConfig, rows: ExampleRows | None, sink: Callable | None):
+        y, mean, rstd = K.norm_forward(x2d, weight, bias, cfg.eps, cfg.centered, cfg.offset, cfg.round_to,
+                                       cfg.out_dtype)
         ctx.save_for_backward(x2d, weight, mean, rstd)
         ctx.cfg, ctx.rows, ctx.sink = cfg, rows, sink
         ctx.bias_dtype = bias.dtype if bias is not None else None
@@ -151,26 +149,35 @@ class _RecordingNorm(torch.autograd.Function):
         x2d, weight, mean, rstd = ctx.saved_tensors
         cfg, rows = ctx.cfg, ctx.rows
         has_bias = ctx.bias_dtype is not None
-        dx, pw, pb = norm_bwd(dy, x2d, weight, mean, rstd, has_bias, cfg.centered, cfg.offset, cfg.round_to,
-                              rows.rows_per_example, rows.items)
-        grads = {"weight": _per_example(pw, rows)}
+        per_row_block = rows.rows_per_example if rows is not None else x2d.shape[0]
+        dx, partial = K.norm_backward(dy.contiguous(), x2d, weight, mean, rstd, has_bias, cfg.centered,
+                                      cfg.offset, cfg.round_to, per_row_block, rows.items if rows else None)
+        if rows is None:
+            sums = partial.sum(0)
+        else:
+            per_example = _per_example(partial, rows)  # [examples, 1 or 2, D]
+            sums = per_example.sum(0)
+            ctx.sink(per_example, sums)
+        dw = sums[0] if weight.dtype == torch.float32 else sums[0].to(weight.dtype)
+        db = None
         if has_bias:
-            grads["bias"] = _per_example(pb, rows)
-        ctx.sink(grads)
-        dw = grads["weight"].sum(0).to(weight.dtype)
-        db = grads["bias"].sum(0).to(ctx.bias_dtype) if has_bias else None
+            db = sums[1] if ctx.bias_dtype == torch.float32 else sums[1].to(ctx.bias_dtype)
         return dx, dw, db, None, None, None
 
 
 def _per_example(partial: torch.Tensor, rows: ExampleRows) -> torch.Tensor:
     if rows.items is None:
-        return partial.view(rows.num_examples, -1, partial.shape[-1]).sum(1)
-    out = partial.new_zeros(rows.num_examples, partial.shape[-1])
+        return partial.view(rows.num_examples, -1, *partial.shape[1:]).sum(1)
+    out = partial.new_zeros(rows.num_examples, *partial.shape[1:])
     return out.index_add_(0, rows.item_example, partial)
 
 
 def triton_norm(module: nn.Module, plan: NormPlan, x: torch.Tensor, sink: Callable | None) -> torch.Tensor:
-    """Run ``module``'s normalization (``plan.formula``) through the Triton kernels."""
+    """Run ``module``'s normalization (``plan.formula``) through the Triton kernels.
+
+    ``sink(per_example, sums)``, if given, receives each backward's per-example gradients
+    ``[examples, 1 or 2, D]`` (weight, then bias) and their sum over examples.
+    """
     weight = module.weight
     bias = module.bias if plan.formula.has_bias else None
     D = weight.shape[-1]
@@ -180,10 +187,11 @@ def triton_norm(module: nn.Module, plan: NormPlan, x: torch.Tensor, sink: Callab
     x2d = x.reshape(-1, D)
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
-    rows = example_rows(x, x2d.shape[0], getattr(sink, "segments", None), getattr(sink, "layout", None)) \
-        if sink is not None else None
-    if rows is None:
+    if torch.compiler.is_compiling():
         y, _, _ = norm_fwd(x2d, weight, bias, cfg.eps, cfg.centered, cfg.offset, cfg.round_to, cfg.out_dtype)
-    else:
-        y = _RecordingNorm.apply(x2d, weight, bias, cfg, rows, sink)
+        return y.view(x.shape)
+    rows = None
+    if sink is not None:
+        rows = example_rows(x, x2d.shape[0], getattr(sink, "segments", None), getattr(sink, "layout", None))
+    y = _NormFunction.apply(x2d, weight, bias, cfg, rows, sink if rows is not None else None)
     return y.view(x.shape)

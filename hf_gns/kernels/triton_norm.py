@@ -62,7 +62,7 @@ def _norm_fwd_kernel(
 
 @triton.jit
 def _norm_bwd_kernel(
-    DY, X, W, MEAN, RSTD, DX, PW, PB, ITEMS,
+    DY, X, W, MEAN, RSTD, DX, PARTIAL, ITEMS,
     D, stride_dy, stride_x, stride_dx, rows_per_example, chunks_per_example, chunk_rows,
     CENTERED: tl.constexpr, HAS_BIAS: tl.constexpr, OFFSET: tl.constexpr, ROUND: tl.constexpr,
     USE_TABLE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -102,9 +102,11 @@ def _norm_bwd_kernel(
             dx -= (tl.sum(dn, axis=1) / D)[:, None]
         dx = dx * rstd[:, None]
         tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-    tl.store(PW + pid.to(tl.int64) * D + cols, acc_w, mask=col_ok)
+    # PARTIAL is [items, 1 or 2, D]: the item's dweight partial, then its dbias partial
+    out = PARTIAL + pid.to(tl.int64) * (2 * D if HAS_BIAS else D) + cols
+    tl.store(out, acc_w, mask=col_ok)
     if HAS_BIAS:
-        tl.store(PB + pid.to(tl.int64) * D + cols, acc_b, mask=col_ok)
+        tl.store(out + D, acc_b, mask=col_ok)
 
 
 def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -160,11 +162,12 @@ def norm_backward(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
     has_bias: bool, centered: bool, offset: float, round_to: torch.dtype | None,
     rows_per_example: int, items: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """dx and the per-item partial sums of dweight / dbias (``[items, D]`` float32).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dx and the per-item partial sums ``[items, 1 or 2, D]`` (float32) of dweight (and dbias).
 
     Items are either ``items`` (an int32 ``[n, 2]`` table of row ranges) or every example of
-    ``rows_per_example`` rows cut into equal chunks; the caller maps items to examples.
+    ``rows_per_example`` rows cut into equal chunks, in example order; the caller maps items
+    to examples.
     """
     n_rows, D = x.shape
     block_d, rows, num_warps = tile_config(D)
@@ -175,14 +178,12 @@ def norm_backward(
         chunk = min(chunk_rows_for(n_rows, x.device, rows), rows_per_example)
         per_example = triton.cdiv(rows_per_example, chunk)
         n_items = (n_rows // rows_per_example) * per_example
-    partial_w = _empty((n_items, D), torch.float32, x.device)
-    partial_b = _empty((n_items, D) if has_bias else (0, D), torch.float32, x.device)
+    partial = _empty((n_items, 2 if has_bias else 1, D), torch.float32, x.device)
     if n_items:
         _norm_bwd_kernel[(n_items,)](
-            dy, x, weight, mean if centered else rstd, rstd, dx, partial_w,
-            partial_b if has_bias else partial_w, items if items is not None else rstd,
+            dy, x, weight, mean if centered else rstd, rstd, dx, partial, items if items is not None else rstd,
             D, dy.stride(0), x.stride(0), dx.stride(0), rows_per_example, per_example, chunk,
             CENTERED=centered, HAS_BIAS=has_bias, OFFSET=offset, ROUND=ROUND_CODES[round_to],
             USE_TABLE=items is not None, ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
         )
-    return dx, partial_w, partial_b if has_bias else None
+    return dx, partial

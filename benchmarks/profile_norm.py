@@ -21,6 +21,7 @@ def main(argv=None) -> None:
     ap.add_argument("--examples", type=int, default=8)
     ap.add_argument("--dims", default="768,8192")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--cprofile", action="store_true", help="also print a Python-level profile")
     args = ap.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     for D in map(int, args.dims.split(",")):
@@ -47,6 +48,19 @@ def main(argv=None) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
         print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=8))
         print("do_bench median us:", do_bench(step, warmup=25, rep=200, return_mode="median") * 1e3)
+        if args.cprofile:
+            import cProfile
+            import pstats
+
+            torch.cuda.synchronize()
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(200):
+                step()
+            torch.cuda.synchronize()
+            profiler.disable()
+            print(f"==== cProfile, 200 steps, LayerNorm {args.rows}x{D}")
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,22 @@ def call_with_params(module: nn.Module, forward, params: dict, x: torch.Tensor) 
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    """Equal up to summation order: same shape and dtype, and at most a rare last-bit difference.
+
+    Casting orders differ from each other in a large share of elements (a bfloat16 rounding
+    before or after the weight); a different reduction order inside a fused kernel flips
+    the last bit of a few elements only.
+    """
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    a64, b64 = a.double(), b.double()
+    diff = (a64 - b64).abs()
+    eps = torch.finfo(a.dtype).eps
+    # near-zero outputs (bias cancelling the scaled value) carry the rounding of their terms
+    scale = b64.abs() + b64.abs().mean()
+    return bool(diff.le(2 * eps * scale).all()) and diff.gt(eps * b64.abs()).double().mean().item() <= 0.01
 
 
 def match_formula(module: nn.Module, forward=None) -> NormFormula | None:

@@ -1,0 +1,238 @@
+"""GNSCallback inside real (tiny, CPU) Hugging Face Trainer runs."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch.utils.data import Dataset, SequentialSampler
+
+import hf_gns
+from conftest import clone, example_grads_bruteforce, make_model, norm_param_names, rel_err
+
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+SEQ = 6
+GNS_KEYS = ("gns/b_simple", "gns/b_simple_tokens", "gns/g2", "gns/trace_sigma",
+            "gns/step_b_simple", "gns/step_g2", "gns/step_trace_sigma")
+
+
+class TokenDataset(Dataset):
+    def __init__(self, n: int, seq: int = SEQ, vocab: int = 97):
+        self.ids = torch.randint(0, vocab, (n, seq))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i].clone()}
+
+
+class SequentialTrainer(Trainer):
+    """Examples in dataset order, so that a step's batch is known to the test."""
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return SequentialSampler(self.train_dataset)
+
+
+class SkipNonFiniteSGD(torch.optim.SGD):
+    """Skips a step whose gradients are not finite (keeps the model alive after a NaN batch)."""
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and not torch.isfinite(p.grad).all():
+                    return None
+        return super().step(closure)
+
+
+def train(tmp_path, dataset, *, callbacks=(), steps=20, batch=4, ga=1, seed=1234, max_grad_norm=1.0,
+          model=None, sequential=False, optimizer=None, lr=1e-3):
+    model = model if model is not None else make_model("llama")
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=ga, learning_rate=lr, logging_steps=1, report_to="none",
+        use_cpu=True, save_strategy="no", seed=seed, data_seed=seed, max_grad_norm=max_grad_norm,
+        disable_tqdm=True, dataloader_num_workers=0, warmup_steps=0,
+    )
+    cls = SequentialTrainer if sequential else Trainer
+    trainer = cls(model=model, args=args, train_dataset=dataset, callbacks=list(callbacks),
+                  optimizers=(optimizer, None) if optimizer is not None else (None, None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    return trainer
+
+
+def step_logs(trainer):
+    return [e for e in trainer.state.log_history if "loss" in e]
+
+
+def hf_loss_oracle(model, dataset, indices):
+    """Step-1 |G|^2 and tr(Sigma) from brute-force per-example gradients with the Trainer's loss
+    normalization (sum of token losses / shifted label tokens of the whole optimizer step)."""
+    ids = torch.stack([dataset[i]["input_ids"] for i in indices])
+    batch = {"input_ids": ids, "targets": ids}
+    tokens = ids.shape[0] * (ids.shape[1] - 1)
+
+    def losses(m, b):
+        logits = m(input_ids=b["input_ids"]).logits[:, :-1].float()
+        tgt = b["targets"][:, 1:]
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                               reduction="none")
+        return ce.view(tgt.shape).sum(-1)
+
+    c = torch.cat(list(example_grads_bruteforce(model, batch, norm_param_names(model), normalizer=tokens,
+                                                loss_fn=losses).values()), dim=1)
+    B = c.shape[0]
+    g = B * c
+    g_bar = g.mean(0)
+    tr_s = float((g - g_bar).pow(2).sum() / (B - 1))
+    return float(g_bar.pow(2).sum()) - tr_s / B, tr_s
+
+
+# ---------------------------------------------------------------------------------------------
+def test_keys_every_step_next_to_trainer_logs_and_oracle(tmp_path):
+    dataset = TokenDataset(48)
+    model = make_model("llama")
+    initial = clone(model)
+    gns = hf_gns.GNSCallback(ema=0.9)
+    trainer = train(tmp_path, dataset, callbacks=[gns], model=model, sequential=True)
+    logs = step_logs(trainer)
+    assert [e["step"] for e in logs] == list(range(1, 21))
+    g2_ema = hf_gns.EMA(0.9)
+    tr_ema = hf_gns.EMA(0.9)
+    for e in logs:
+        for key in GNS_KEYS + ("loss", "grad_norm", "learning_rate"):
+            assert key in e, (key, e)
+        assert e["gns/skipped"] == 0.0 and e["gns/examples"] == 4.0
+        assert math.isfinite(e["gns/step_g2"]) and math.isfinite(e["gns/step_trace_sigma"])
+        if e["gns/step_g2"] > 0:
+            assert e["gns/step_b_simple"] == pytest.approx(e["gns/step_trace_sigma"] / e["gns/step_g2"])
+        # the smoothed values are bias-corrected EMAs of the per-step values, ratio taken after
+        assert e["gns/g2"] == pytest.approx(g2_ema.update(e["gns/step_g2"]), rel=1e-9)
+        assert e["gns/trace_sigma"] == pytest.approx(tr_ema.update(e["gns/step_trace_sigma"]), rel=1e-9)
+        if e["gns/g2"] > 0:
+            assert e["gns/b_simple"] == pytest.approx(e["gns/trace_sigma"] / e["gns/g2"], rel=1e-9)
+            assert e["gns/b_simple_tokens"] == pytest.approx(e["gns/b_simple"] * SEQ, rel=1e-9)
+        else:
+            assert math.isnan(e["gns/b_simple"])
+    # step 1 against brute-force per-example gradients of the initial model on examples 0..3
+    g2, tr = hf_loss_oracle(initial, dataset, range(4))
+    scale = abs(g2) + tr
+    assert abs(logs[0]["gns/step_g2"] - g2) <= 1e-4 * scale, (logs[0]["gns/step_g2"], g2)
+    assert abs(logs[0]["gns/step_trace_sigma"] - tr) <= 1e-4 * scale, (logs[0]["gns/step_trace_sigma"], tr)
+    # the history is written to output_dir
+    assert (tmp_path / "gns_history.jsonl").exists()
+
+
+def test_loss_curve_identical_to_unpatched_run(tmp_path):
+    dataset = TokenDataset(48)
+    model_a = make_model("llama")
+    model_b = clone(model_a)
+    a = train(tmp_path / "a", dataset, callbacks=[hf_gns.GNSCallback()], model=model_a, seed=11)
+    b = train(tmp_path / "b", dataset, model=model_b, seed=11)
+    la, lb = step_logs(a), step_logs(b)
+    assert len(la) == len(lb) == 20
+    assert [e["loss"] for e in la] == [e["loss"] for e in lb]
+    assert [e["grad_norm"] for e in la] == [e["grad_norm"] for e in lb]
+    for (n, p), (_, q) in zip(model_a.named_parameters(), model_b.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_callback_placed_later_still_runs_before_others(tmp_path):
+    seen = []
+
+    class Recorder(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs or {}))
+
+    dataset = TokenDataset(24)
+    train(tmp_path, dataset, callbacks=[Recorder(), hf_gns.GNSCallback()], steps=4)
+    step_entries = [s for s in seen if "loss" in s]
+    assert len(step_entries) == 4
+    for s in step_entries:
+        for key in GNS_KEYS:
+            assert key in s, (key, s)
+
+
+def test_batch_of_one_is_skipped_not_crashing(tmp_path):
+    dataset = TokenDataset(8)
+    trainer = train(tmp_path, dataset, callbacks=[hf_gns.GNSCallback()], steps=3, batch=1)
+    logs = step_logs(trainer)
+    assert len(logs) == 3
+    for e in logs:
+        assert e["gns/skipped"] == 1.0
+        assert "gns/step_g2" not in e
+
+
+def test_gradient_clipping_does_not_change_measurement(tmp_path):
+    dataset = TokenDataset(24)
+    model = make_model("llama")
+    runs = {}
+    for clip in (0.0, 1e-6):
+        trainer = train(tmp_path / str(clip), dataset, callbacks=[hf_gns.GNSCallback()], steps=2,
+                        model=clone(model), max_grad_norm=clip, seed=5, lr=1e-2)
+        runs[clip] = step_logs(trainer)
+    first_plain, first_clipped = runs[0.0][0], runs[1e-6][0]
+    for key in GNS_KEYS:
+        assert first_plain[key] == pytest.approx(first_clipped[key], rel=1e-12, nan_ok=True), key
+    assert runs[0.0][1]["loss"] != runs[1e-6][1]["loss"]  # clipping did change the update
+
+
+def test_log_layers(tmp_path):
+    dataset = TokenDataset(16)
+    model = make_model("llama")
+    names = norm_param_names(model)
+    trainer = train(tmp_path, dataset, callbacks=[hf_gns.GNSCallback(log_layers=True)], steps=2, model=model)
+    for e in step_logs(trainer):
+        layer_keys = {k[len("gns/layer/"):] for k in e if k.startswith("gns/layer/")}
+        assert layer_keys == set(names)
+
+
+def test_gradient_accumulation_matches_big_batch(tmp_path):
+    dataset = TokenDataset(32)
+    model = make_model("llama")
+    initial = clone(model)
+    small = train(tmp_path / "ga", dataset, callbacks=[hf_gns.GNSCallback()], steps=1, batch=2, ga=4,
+                  model=clone(model), sequential=True)
+    big = train(tmp_path / "big", dataset, callbacks=[hf_gns.GNSCallback()], steps=1, batch=8, ga=1,
+                model=clone(model), sequential=True)
+    a, b = step_logs(small)[0], step_logs(big)[0]
+    assert a["gns/examples"] == b["gns/examples"] == 8.0
+    for key in ("gns/step_g2", "gns/step_trace_sigma"):
+        assert rel_err(a[key], b[key]) <= 1e-4, (key, a[key], b[key])
+    g2, tr = hf_loss_oracle(initial, dataset, range(8))
+    scale = abs(g2) + tr
+    assert abs(a["gns/step_g2"] - g2) <= 1e-4 * scale
+    assert abs(a["gns/step_trace_sigma"] - tr) <= 1e-4 * scale
+
+
+def test_nan_step_is_skipped_and_training_goes_on(tmp_path):
+    dataset = TokenDataset(40)
+    model = make_model("llama")
+    calls = {"n": 0}
+
+    def inject(module, args, output):
+        if module.training and torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 3:
+                hidden = output[0] if isinstance(output, tuple) else output
+                hidden = hidden.clone()
+                hidden[0, 0, 0] = float("nan")
+                return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+        return None
+
+    model.model.layers[0].register_forward_hook(inject)
+    optimizer = SkipNonFiniteSGD(model.parameters(), lr=1e-2)
+    trainer = train(tmp_path, dataset, callbacks=[hf_gns.GNSCallback()], steps=6, model=model,
+                    optimizer=optimizer)
+    logs = step_logs(trainer)
+    assert len(logs) == 6
+    assert logs[2]["gns/skipped"] == 1.0
+    for e in logs[:2] + logs[3:]:
+        assert e["gns/skipped"] == 0.0
+        assert math.isfinite(e["gns/step_g2"]) and math.isfinite(e["gns/g2"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -69,8 +69,8 @@ class GNSCallback(TrainerCallback):
         self.trainer = None
         self.history: list[dict[str, float]] = []
         self._to_log: dict[str, float] = {}
-        self._in_flight: list[tuple[int, PendingStats, float, bool]] = []
-        self._scale = 1.0
+        self._in_flight: list[tuple[int, PendingStats, Any, bool]] = []
+        self._scale: Any = 1.0
         self._skipped_step = False
         self._model = None
 
@@ -104,7 +104,11 @@ class GNSCallback(TrainerCallback):
     # -- per step --------------------------------------------------------------------------
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         scaler = getattr(optimizer, "scaler", None)
-        self._scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        self._scale = 1.0
+        if scaler is not None and scaler.is_enabled():
+            # the scale tensor as is (read when the step is resolved, so no host sync here)
+            get_async = getattr(scaler, "_get_scale_async", None)
+            self._scale = get_async() if get_async is not None else scaler.get_scale()
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         self._skipped_step = bool(getattr(optimizer, "step_was_skipped", False))
@@ -126,7 +130,7 @@ class GNSCallback(TrainerCallback):
         """Fold in the measurements of every step <= ``upto``, oldest first."""
         while self._in_flight and self._in_flight[0][0] <= upto:
             step, pending, scale, skipped = self._in_flight.pop(0)
-            record = self._measure(pending.result(), step, scale, skipped)
+            record = self._measure(pending.result(), step, float(scale), skipped)
             if self.policy is not None:
                 record.update(self.policy.log_values())
             self._to_log = record

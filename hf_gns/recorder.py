@@ -111,8 +111,16 @@ class ExampleLayout:
         """A cached int32 copy of ``values`` on ``device`` (one upload per forward)."""
         cache_key = (key, device)
         if cache_key not in self._device_cache:
-            self._device_cache[cache_key] = torch.tensor(values, dtype=torch.int32, device=device)
+            self._device_cache[cache_key] = to_device_async(values, device, torch.int32)
         return self._device_cache[cache_key]
+
+
+def to_device_async(values: list, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor of ``values`` on ``device``, copied from pinned memory without blocking."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 class PassCounter:
@@ -121,29 +129,37 @@ class PassCounter:
     def __init__(self) -> None:
         self.pass_id = 0
         self.layout = ExampleLayout()
-        self.tokens: torch.Tensor | None = None
+        self.host_tokens = 0.0
+        self.device_tokens: list[torch.Tensor] = []
 
     def start_pass(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.pass_id += 1
         self.layout = ExampleLayout(segment_starts=packed_segments(kwargs))
         if module.training and torch.is_grad_enabled():
             count = count_tokens(args, kwargs)
-            if count is not None:
-                self.tokens = count if self.tokens is None else self.tokens + count
+            if isinstance(count, torch.Tensor):
+                self.device_tokens.append(count)
+            elif count is not None:
+                self.host_tokens += count
 
-    def take_tokens(self) -> torch.Tensor | None:
-        tokens, self.tokens = self.tokens, None
-        return tokens
+    def take_tokens(self) -> tuple[float, list[torch.Tensor]]:
+        """Tokens seen since the last call: a host count and device counts (masks)."""
+        taken = (self.host_tokens, self.device_tokens)
+        self.host_tokens, self.device_tokens = 0.0, []
+        return taken
 
 
-def count_tokens(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """Non-padding input tokens of one forward, as a device tensor (no host sync)."""
+def count_tokens(args: tuple, kwargs: dict) -> torch.Tensor | int | None:
+    """Non-padding input tokens of one forward: a device tensor for a mask, else a host int.
+
+    Never copies between host and device.
+    """
     mask = kwargs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
         return mask.sum(dtype=torch.float64)
     ids = kwargs.get("input_ids", args[0] if args else None)
     if isinstance(ids, torch.Tensor) and ids.dim() >= 1:
-        return torch.tensor(float(ids.numel()), dtype=torch.float64, device=ids.device)
+        return ids.numel() if ids.dim() <= 2 else ids.shape[0] * ids.shape[1]
     return None
 
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .patch import pass_counters, patched_modules
-from .recorder import ParamAccumulator, warn_problems
+from .recorder import ParamAccumulator, to_device_async, warn_problems
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,9 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
         acc.finalize()
     problems = [p for acc in accs for p in acc.problems]
     world = _world_size(reduce)
-    tokens = [t for t in (c.take_tokens() for c in pass_counters(model)) if t is not None]
+    taken = [c.take_tokens() for c in pass_counters(model)]
+    host_tokens = sum(h for h, _ in taken)
+    tokens = [t for _, device_counts in taken for t in device_counts]
     device = _stats_device(accs, tokens, world)
     n = len(accs)
     counts = [float(acc.num_examples) for acc in accs]
@@ -135,20 +137,21 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
     example_sq = zeros.clone()
     if vectors:
         norms = torch.stack(torch._foreach_norm(vectors)).to(device=device, dtype=torch.float64)
-        example_sq.index_add_(0, torch.tensor(owners, device=device), norms.pow(2))
-    token_total = torch.stack([t.to(device=device, dtype=torch.float64) for t in tokens]).sum() if tokens \
-        else torch.zeros((), dtype=torch.float64, device=device)
+        example_sq.index_add_(0, _index(tuple(owners), device), norms.pow(2))
+    token_total = torch.full((), host_tokens, dtype=torch.float64, device=device)
+    if tokens:
+        token_total = token_total + torch.stack([t.to(device=device, dtype=torch.float64) for t in tokens]).sum()
     sums = [acc.grad_sum() for acc in accs]
     sums = [s if s is not None else torch.zeros(acc.param.numel(), device=device) for s, acc in zip(sums, accs)]
 
     if world > 1:
         sizes = [s.numel() for s in sums]
-        host_counts = torch.tensor(counts, dtype=torch.float64).to(device, non_blocking=True)
+        host_counts = to_device_async(counts, device, torch.float64)
         flat = torch.cat([example_sq, token_total.reshape(1), host_counts]
                          + [s.to(device=device, dtype=torch.float64).reshape(-1) for s in sums])
         dist.all_reduce(flat)
         example_sq, token_total, counts_dev = flat[:n], flat[n], flat[n + 1 : 2 * n + 1]
-        owner = torch.repeat_interleave(torch.arange(n, device=device), torch.tensor(sizes, device=device))
+        owner = _owner_index(tuple(sizes), device)
         batch_sq = zeros.clone().index_add_(0, owner, flat[2 * n + 1 :].pow(2))
         out = torch.cat([example_sq, batch_sq, token_total.reshape(1), counts_dev])
     else:
@@ -167,6 +170,28 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
         for counter in pass_counters(model):
             counter.take_tokens()
     return PendingStats([a.name for a in accs], None if world > 1 else counts, out, event, world, problems)
+
+
+_INDEX_CACHE: dict = {}
+
+
+def _index(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """An int64 index tensor on ``device``, uploaded once per distinct value tuple."""
+    key = (values, device)
+    if key not in _INDEX_CACHE:
+        if len(_INDEX_CACHE) > 64:
+            _INDEX_CACHE.clear()
+        _INDEX_CACHE[key] = to_device_async(list(values), device, torch.int64)
+    return _INDEX_CACHE[key]
+
+
+def _owner_index(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """For a concatenation of vectors of these sizes, the index of the vector of each element."""
+    key = ("owner", sizes, device)
+    if key not in _INDEX_CACHE:
+        repeats = torch.tensor(sizes)
+        _INDEX_CACHE[key] = torch.repeat_interleave(torch.arange(len(sizes)), repeats).to(device)
+    return _INDEX_CACHE[key]
 
 
 def _stats_device(accs: list[ParamAccumulator], tokens: list, world: int) -> torch.device:

@@ -236,3 +236,35 @@ def test_nan_step_is_skipped_and_training_goes_on(tmp_path):
         assert e["gns/skipped"] == 0.0
         assert math.isfinite(e["gns/step_g2"]) and math.isfinite(e["gns/g2"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_packed_sequences_in_trainer_count_sequences(tmp_path):
+    """DataCollatorWithFlattening: one row per step, each packed sequence is one example."""
+    from transformers import DataCollatorWithFlattening
+
+    class Ragged(Dataset):
+        def __init__(self, n):
+            self.items = [torch.randint(0, 97, (int(torch.randint(2, 9, ())),)).tolist() for _ in range(n)]
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return {"input_ids": self.items[i]}
+
+    dataset = Ragged(24)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4,
+                             logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
+                             disable_tqdm=True, dataloader_num_workers=0)
+    trainer = SequentialTrainer(model=make_model("llama"), args=args, train_dataset=dataset,
+                                data_collator=DataCollatorWithFlattening(), callbacks=[hf_gns.GNSCallback()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    logs = step_logs(trainer)
+    assert len(logs) == 4
+    for k, e in enumerate(logs):
+        assert e["gns/skipped"] == 0.0 and e["gns/examples"] == 4.0, e
+        tokens = sum(len(dataset.items[i]) for i in range(4 * k, 4 * k + 4))
+        if e["gns/g2"] > 0:
+            assert e["gns/b_simple_tokens"] == pytest.approx(e["gns/b_simple"] * tokens / 4, rel=1e-9)

@@ -6,7 +6,9 @@ PyTorch; "torch_fused" is nn.RMSNorm (F.rms_norm); "compile" is torch.compile of
     python benchmarks/bench_norms.py [--rows 16384] [--dims 768,1024,...] [--json out.json]
 
 Every variant runs ``y = norm(x); y.backward(dy)`` with fresh ``.grad`` each call
-(`triton.testing.do_bench`, median). hf_gns runs the real patched module: per-example
+(`triton.testing.do_bench`, median: what an eager caller sees, Python and launch
+overhead included) and, as "GPU-only", replayed from a CUDA graph
+(`do_bench_cudagraph`, median: the kernels alone). hf_gns runs the real patched module: per-example
 norms recorded into its accumulators (B examples of rows/B rows each), or off (no grad
 recording, as in eval-with-grad). Effective bandwidth counts 5 passes over rows x D
 (read x fwd, write y, read x and dy bwd, write dx) against a measured copy bandwidth.
@@ -22,7 +24,7 @@ import sys
 import torch
 import triton
 from torch import nn
-from triton.testing import do_bench
+from triton.testing import do_bench, do_bench_cudagraph
 
 import hf_gns
 from hf_gns.stats import reset_stats
@@ -69,7 +71,7 @@ def make_module(kind: str, D: int, dtype: torch.dtype, impl: str) -> nn.Module:
     return m.to(device="cuda", dtype=dtype)
 
 
-def time_variant(kind, rows, D, dtype, impl, examples) -> float:
+def time_variant(kind, rows, D, dtype, impl, examples, graph: bool = False) -> float:
     torch.manual_seed(0)
     module = make_module(kind, D, dtype, "liger" if impl == "liger" else ("torch_fused" if impl == "torch_fused" else "torch"))
     params = list(module.parameters())
@@ -95,6 +97,9 @@ def time_variant(kind, rows, D, dtype, impl, examples) -> float:
             reset_stats(fn_module)
 
     step()
+    if graph:  # GPU time alone: the step's kernels replayed from a CUDA graph, no Python
+        torch.cuda.synchronize()
+        return do_bench_cudagraph(step, rep=100, return_mode="median") * 1e3
     return do_bench(step, warmup=25, rep=150, return_mode="median") * 1e3  # microseconds
 
 
@@ -118,7 +123,7 @@ def main(argv=None) -> None:
     impls = ["torch", "torch_fused", "compile"] + (["liger"] if have_liger else []) + ["hf_gns", "hf_gns_off"]
     results = []
     header = f"{'kind':9} {'dtype':8} {'rows x D':>12} {'floor':>6} " + " ".join(f"{i:>10}" for i in impls) + \
-        "  gns/best  gns/floor  off/on  GB/s"
+        "  gns/best  gns/floor  off/on  GB/s | GPU-only: gns/best gns/floor off/on"
     print(header)
     for kind in args.kinds.split(","):
         for dtype_name in args.dtypes.split(","):
@@ -137,6 +142,19 @@ def main(argv=None) -> None:
                         print(f"  {impl} failed at {kind} {dtype_name} D={D}: {error}", file=sys.stderr)
                         row[impl] = math.nan
                     torch._dynamo.reset()
+                for impl in ("torch", "torch_fused", "liger", "hf_gns", "hf_gns_off"):
+                    if math.isnan(row.get(impl, math.nan)):
+                        continue
+                    try:
+                        row[impl + "_gpu"] = time_variant(kind, args.rows, D, dtype, impl, args.examples, graph=True)
+                    except Exception as error:
+                        print(f"  graph timing of {impl} failed: {error}", file=sys.stderr)
+                        row[impl + "_gpu"] = math.nan
+                gpu_peers = [row.get(i + "_gpu", math.nan) for i in ("torch", "torch_fused", "liger")]
+                gpu_peers = [t for t in gpu_peers if not math.isnan(t)]
+                row["gpu_vs_best"] = row.get("hf_gns_gpu", math.nan) / min(gpu_peers) if gpu_peers else math.nan
+                row["gpu_vs_floor"] = row.get("hf_gns_gpu", math.nan) / floor_us
+                row["gpu_off_vs_on"] = row.get("hf_gns_off_gpu", math.nan) / row.get("hf_gns_gpu", math.nan)
                 peers = [row[i] for i in ("torch", "torch_fused", "compile", "liger") if i in row and not math.isnan(row[i])]
                 best = min(peers)
                 row["vs_best"] = row["hf_gns"] / best
@@ -146,7 +164,8 @@ def main(argv=None) -> None:
                 results.append(row)
                 print(f"{kind:9} {dtype_name:8} {args.rows:>6}x{D:<5} {floor_us:6.0f} "
                       + " ".join(f"{row[i]:10.1f}" for i in impls)
-                      + f"  {row['vs_best']:8.2f}  {row['vs_floor']:9.2f}  {row['off_vs_on']:6.2f}  {row['gbps']:5.0f}",
+                      + f"  {row['vs_best']:8.2f}  {row['vs_floor']:9.2f}  {row['off_vs_on']:6.2f}  {row['gbps']:5.0f}"
+                      + f" | {row['gpu_vs_best']:8.2f} {row['gpu_vs_floor']:9.2f} {row['gpu_off_vs_on']:6.2f}",
                       flush=True)
                 if args.json:  # rewritten after every row, so a cut-off run keeps what it measured
                     with open(args.json, "w") as f:

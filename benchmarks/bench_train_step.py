@@ -4,7 +4,7 @@
 
 bf16 autocast, AdamW, fp32 master weights. The patched step also gathers the statistics
 and estimates GNS every step (one host sync), exactly like GNSCallback's on_step_end.
-Median step time from `triton.testing.do_bench`.
+Median step time from `triton.testing.do_bench`, in interleaved rounds (median of rounds).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -67,6 +68,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--models", default="gpt2-124m,llama-125m")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     print("variants:\n" + "\n".join(f"  {k}: {v}" for k, v in VARIANTS.items()))
@@ -78,16 +80,16 @@ def main(argv=None) -> None:
         ids = torch.randint(0, vocab, (args.batch, args.seq), device="cuda")
         patched = copy.deepcopy(base)
         hf_gns.patch_model(patched)
-        times = {}
-        for variant in ["unpatched", "kernels_only", "recording", "gather_sync", "hf_gns", "unpatched_again"]:
-            label = variant
-            variant = variant.replace("_again", "")
-            model = base if variant == "unpatched" else patched
-            fn = step_fn(model, ids, variant)
-            fn()
-            times[label] = do_bench(fn, warmup=200, rep=1500, return_mode="median")
-        base_ms = min(times["unpatched"], times["unpatched_again"])
-        row = {"model": name, "batch": args.batch, "seq": args.seq, **times,
+        samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for _ in range(args.rounds):  # interleaved rounds: drift hits every variant alike
+            for variant in VARIANTS:
+                model = base if variant == "unpatched" else patched
+                fn = step_fn(model, ids, variant)
+                fn()
+                samples[variant].append(do_bench(fn, warmup=100, rep=600, return_mode="median"))
+        times = {v: statistics.median(t) for v, t in samples.items()}
+        base_ms = times["unpatched"]
+        row = {"model": name, "batch": args.batch, "seq": args.seq, **times, "samples": samples,
                **{f"ratio_{k}": v / base_ms for k, v in times.items() if not k.startswith("unpatched")}}
         rows.append(row)
         print(f"{name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in times.items())

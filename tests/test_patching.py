@@ -866,3 +866,45 @@ def test_gather_without_reset_is_repeatable():
     second = hf_gns.gather_stats(model, reset=False)
     assert first.per_param == second.per_param
     assert first.tokens == second.tokens == 12
+
+
+@pytest.mark.parametrize("name", ["llama", "bert", "t5", "gpt2"])
+def test_padding_attention_mask(name):
+    """Right-padded examples: padded positions carry no loss; tokens = attention_mask.sum()."""
+    model = make_model(name)
+    ref = clone(model)
+    hf_gns.patch_model(model, kernel="torch")
+    B, T = rand_int(2, 5), rand_int(3, 7)
+    batch = make_batch(name, model, B, T)
+    lengths = torch.randint(1, T + 1, (B,))
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    batch["attention_mask"] = mask
+    if name != "t5":  # t5's targets belong to the decoder
+        batch["targets"] = batch["targets"].masked_fill(mask == 0, -100)
+    n = int((batch["targets"] != -100).sum())
+    batch_loss(model, batch, normalizer=n).backward()
+    stats = hf_gns.gather_stats(model)
+    oracle = oracle_stats(example_grads_bruteforce(ref, batch, norm_param_names(ref), normalizer=n))
+    assert_stats_match(stats, oracle, rtol=1e-5, what=f"{name} padded {lengths.tolist()}")
+    assert stats.tokens == int(mask.sum())
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "gemma", "t5", "cohere", "bert", "modernbert", "olmo2"])
+def test_bf16_weights_match_bruteforce(name):
+    """The whole model in bfloat16 (no autocast); patched before the cast."""
+    model = make_model(name)
+    hf_gns.patch_model(model, kernel="torch")
+    model.to(torch.bfloat16)
+    ref = make_model(name).to(torch.bfloat16)
+    ref.load_state_dict(model.state_dict())
+    batch = make_batch(name, model, rand_int(2, 5), rand_int(2, 6))
+    assert torch.equal(forward_logits(model, batch), forward_logits(ref, batch))
+    batch_loss(model, batch).backward()
+    stats = hf_gns.gather_stats(model)
+    oracle = oracle_stats(example_grads_bruteforce(ref, batch, norm_param_names(ref)))
+    assert set(stats.per_param) == set(oracle)
+    for n, (sq, bsq, count) in oracle.items():
+        got = stats.per_param[n]
+        assert got.num_examples == count
+        assert abs(got.example_sq_norm_sum - sq) <= 2e-2 * sq, (n, got, sq)
+        assert abs(got.batch_sq_norm - bsq) <= 2e-2 * max(sq, bsq), (n, got, bsq)

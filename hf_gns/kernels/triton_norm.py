@@ -128,7 +128,8 @@ def tile_config(D: int) -> tuple[int, int, int]:
     """(BLOCK_D, ROWS per tile, num_warps) for a row length ``D``."""
     block_d = triton.next_power_of_2(D)
     rows = max(1, min(16, 4096 // block_d))
-    num_warps = 4 if block_d <= 1024 else 8 if block_d <= 4096 else 16
+    # past 8192 columns each thread would hold too many row values: more warps, no spills
+    num_warps = 4 if block_d <= 1024 else 8 if block_d <= 4096 else 16 if block_d <= 8192 else 32
     return block_d, rows, num_warps
 
 

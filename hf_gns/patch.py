@@ -9,6 +9,7 @@ attribute (``_hf_gns``), never in a buffer.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import os
 import types
@@ -63,10 +64,8 @@ class PatchedNorm:
             return self.original_forward(x, *args, **kwargs)
         recording = self.enabled and torch.is_grad_enabled() and any(p.requires_grad for p in self._params())
         if self._use_triton(x):
-            from .kernels.op import triton_norm
-
             sink = self._sink(x) if recording and not _compiling() else None
-            return triton_norm(module, self.plan, x, sink)
+            return _triton_norm()(module, self.plan, x, sink)
         out = self.original_forward(x)
         if recording and isinstance(out, torch.Tensor) and out.requires_grad and not _compiling():
             pass_id = self.counter.pass_id
@@ -128,12 +127,20 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+@functools.lru_cache(maxsize=None)
 def _triton_importable() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_norm():
+    from .kernels.op import triton_norm
+
+    return triton_norm
 
 
 def _patched_forward(module: nn.Module, *args, **kwargs):

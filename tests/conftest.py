@@ -22,7 +22,6 @@ if os.environ.get("HF_GNS_TEST_DEVICE", "cpu") == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import copy
-import math
 import os
 import random
 import warnings

@@ -56,26 +56,36 @@ class PatchedNorm:
         }
         self.module_ref = module
         self.enabled = True
+        self.warned: set[str] = set()
 
     # -- forward -------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, *args, **kwargs):
-        module = self.module_ref
-        if args or kwargs or not isinstance(x, torch.Tensor):
-            return self.original_forward(x, *args, **kwargs)
-        recording = self.enabled and torch.is_grad_enabled() and any(p.requires_grad for p in self._params())
+    def forward(self, *args, **kwargs):
+        x = _single_input(args, kwargs)
+        trainable = [n for n, acc in self.accumulators.items() if acc.param.requires_grad]
+        recording = bool(self.enabled and trainable and torch.is_grad_enabled() and not _compiling())
+        if x is None:  # called with more than the input (a gate, ...)
+            if recording:
+                self._warn_once("it was called with extra arguments; its parameters are left out of the statistics")
+            return self.original_forward(*args, **kwargs)
+        spec = None
+        if recording:
+            spec = self.counter.layout.spec_for(x)
+            if isinstance(spec, str):
+                self._warn_once(f"{spec}; its parameters are left out of the statistics")
+                recording, spec = False, None
         if self._use_triton(x):
-            sink = self._sink(x) if recording and not _compiling() else None
-            return _triton_norm()(module, self.plan, x, sink)
-        out = self.original_forward(x)
-        if recording and isinstance(out, torch.Tensor) and out.requires_grad and not _compiling():
+            return _triton_norm()(self.module_ref, self.plan, x, self._sink(trainable) if recording else None, spec)
+        out = self.original_forward(*args, **kwargs)
+        if recording and isinstance(out, torch.Tensor) and out.requires_grad:
             pass_id = self.counter.pass_id
-            segments = self.counter.layout.segments_for(x)
             autocast = _autocast_state(x)
-            out.register_hook(lambda dy: self._record_torch(x, dy, pass_id, segments, autocast))
+            out.register_hook(lambda dy: self._record_torch(x, dy, pass_id, spec, trainable, autocast))
         return out
 
-    def _params(self) -> Iterable[nn.Parameter]:
-        return (acc.param for acc in self.accumulators.values())
+    def _warn_once(self, message: str) -> None:
+        if message not in self.warned:
+            self.warned.add(message)
+            warnings.warn(f"hf_gns: {self.qualname or type(self.module_ref).__name__}: {message}", stacklevel=4)
 
     def _use_triton(self, x: torch.Tensor) -> bool:
         if self.kernel == "torch" or self.plan.formula is None:
@@ -84,23 +94,24 @@ class PatchedNorm:
             return True
         return x.is_cuda and _triton_importable()
 
-    def _sink(self, x: torch.Tensor):
-        """Callback that receives the Triton backward's per-example vectors."""
+    def _sink(self, trainable: list[str]):
+        """Callback that receives the Triton backward's per-example vectors (weight, bias)."""
         pass_id = self.counter.pass_id
-        targets = [self.accumulators.get(n) for n in ("weight", "bias")]
+        targets = [self.accumulators[n] if n in trainable else None for n in ("weight", "bias")]
 
         def sink(per_example: torch.Tensor, sums: torch.Tensor) -> None:
             for k in range(per_example.shape[1]):
                 if targets[k] is not None:
                     targets[k].add(per_example[:, k], pass_id, sums[k])
 
-        sink.segments = self.counter.layout.segments_for(x)
         sink.layout = self.counter.layout
         return sink
 
-    def _record_torch(self, x, dy, pass_id, segments, autocast) -> None:
+    def _record_torch(self, x, dy, pass_id, spec, trainable, autocast) -> None:
+        canonical = spec.canonical_dim
         grads = torch_path.per_example_grads(
-            self.plan, self.module_ref, self.original_forward, x, dy, segments, autocast
+            self.plan, self.module_ref, self.original_forward, x.movedim(spec.dim, canonical),
+            dy.movedim(spec.dim, canonical), spec, trainable, autocast,
         )
         for n, g in grads.items():
             self.accumulators[n].add(g, pass_id)
@@ -114,6 +125,17 @@ class PatchedNorm:
             module.__dict__[self.forward_attr] = self.saved_forward
         for acc in self.accumulators.values():
             acc.remove()
+
+
+def _single_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The input tensor of a plain ``norm(x)`` / ``norm(input=x)`` call, else None."""
+    if len(args) == 1 and not kwargs:
+        value = args[0]
+    elif not args and len(kwargs) == 1:
+        value = next(iter(kwargs.values()))
+    else:
+        return None
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def _autocast_state(x: torch.Tensor) -> tuple[str, torch.dtype] | None:

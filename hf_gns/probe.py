@@ -161,11 +161,11 @@ def check_generic(module: nn.Module, forward=None) -> None:
 def plan_for(module: nn.Module, forward=None) -> NormPlan:
     """The patch plan for ``module`` or `Unsupported` with the reason."""
     params = _affine_params(module)
-    trainable = tuple(n for n, p in params.items() if p.requires_grad)
+    names = tuple(params)
     if not params:
         raise Unsupported("no affine parameters: nothing to record")
     formula = match_formula(module, forward)
     if formula is not None:
-        return NormPlan(formula=formula, eps=find_eps(module), param_names=trainable)
+        return NormPlan(formula=formula, eps=find_eps(module), param_names=names)
     check_generic(module, forward)
-    return NormPlan(formula=None, eps=None, param_names=trainable)
+    return NormPlan(formula=None, eps=None, param_names=names)

@@ -35,13 +35,20 @@ class ParamAccumulator:
         self.finished_sums: list[torch.Tensor] = []
         self.num_examples = 0
         self.problems: list[str] = []
-        self.hook = param.register_post_accumulate_grad_hook(lambda _: self.finalize())
+        self.hook = None
+        self._watch_grad()
+
+    def _watch_grad(self) -> None:
+        """Finalize when the parameter's gradient of a backward is complete (if it trains)."""
+        if self.hook is None and self.param.requires_grad:
+            self.hook = self.param.register_post_accumulate_grad_hook(lambda _: self.finalize())
 
     def add(self, per_example: torch.Tensor, pass_id: int, total: torch.Tensor | None = None) -> None:
         """Add one call's per-example gradients (``[B, *param.shape]``) for forward pass ``pass_id``.
 
         ``total`` is their sum over examples, when the caller has it already.
         """
+        self._watch_grad()
         vectors = per_example.reshape(per_example.shape[0], -1)
         if vectors.dtype != torch.float32:
             vectors = vectors.float()
@@ -83,29 +90,63 @@ class ParamAccumulator:
         self.problems = []
 
     def remove(self) -> None:
-        self.hook.remove()
+        if self.hook is not None:
+            self.hook.remove()
+
+
+@dataclass(frozen=True)
+class ExampleSpec:
+    """Where the examples of one norm input are.
+
+    Dimension ``dim`` of the input indexes examples (``group`` consecutive entries per
+    example, for inputs flattened to ``[B*T, D]``), or, for a packed batch, tokens whose
+    sequences start at ``segments``.
+    """
+
+    dim: int
+    count: int
+    group: int = 1
+    segments: list[int] | None = None
+
+    @property
+    def canonical_dim(self) -> int:
+        """Where the kernels expect that dimension: 0 for examples, 1 for packed tokens."""
+        return 1 if self.segments is not None else 0
 
 
 @dataclass
 class ExampleLayout:
-    """Which rows of a norm's input belong to which example.
+    """The batch of one forward pass: its size and, for a packed batch, its sequences.
 
-    By default an example is one index along dim 0. For packed, padding-free batches
-    (batch dim 1, ``position_ids`` restarting at 0 or ``cu_seq_lens_*``), ``segment_starts``
-    holds the start token of each packed sequence along dim 1 and its end.
+    An example is one index along the batch dimension of a norm's input (dim 0 normally,
+    dim 1 for sequence-first models, groups of rows for inputs flattened to ``[B*T, D]``).
+    For packed, padding-free batches (batch dim 1, ``position_ids`` restarting at 0 or
+    ``cu_seq_lens_*``), each packed sequence is an example.
     """
 
     segment_starts: list[int] | None = None
-    tokens: int | None = None
+    batch_size: int | None = None
     _device_cache: dict = field(default_factory=dict)
 
-    def segments_for(self, x: torch.Tensor) -> list[int] | None:
-        """Segment boundaries if ``x`` is a packed batch this layout describes."""
-        if self.segment_starts is None or x.dim() < 3 or x.shape[0] != 1:
-            return None
-        if x.shape[1] != self.segment_starts[-1]:
-            return None
-        return self.segment_starts
+    def spec_for(self, x: torch.Tensor) -> ExampleSpec | str:
+        """The example structure of ``x``, or why it cannot be found."""
+        if x.dim() < 2:
+            return f"input of shape {tuple(x.shape)} has no batch dimension"
+        if self.segment_starts is not None:
+            tokens, count = self.segment_starts[-1], len(self.segment_starts) - 1
+            if x.shape[0] == 1:
+                for dim in range(1, x.dim() - 1):
+                    if x.shape[dim] == tokens:
+                        return ExampleSpec(dim, count, segments=self.segment_starts)
+            return f"packed batch of {tokens} tokens, but no dimension of input {tuple(x.shape)} has that size"
+        batch = self.batch_size
+        if batch is None or x.shape[0] == batch:
+            return ExampleSpec(0, x.shape[0])
+        if x.dim() == 2 and x.shape[0] % batch == 0:
+            return ExampleSpec(0, batch, group=x.shape[0] // batch)
+        if x.dim() >= 3 and x.shape[1] == batch:
+            return ExampleSpec(1, batch)
+        return f"no dimension of input {tuple(x.shape)} matches the batch size {batch}"
 
     def device_tensor(self, key: str, values: list[int], device: torch.device) -> torch.Tensor:
         """A cached int32 copy of ``values`` on ``device`` (one upload per forward)."""
@@ -134,7 +175,7 @@ class PassCounter:
 
     def start_pass(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.pass_id += 1
-        self.layout = ExampleLayout(segment_starts=packed_segments(kwargs))
+        self.layout = ExampleLayout(segment_starts=packed_segments(kwargs), batch_size=batch_size(args, kwargs))
         if module.training and torch.is_grad_enabled():
             count = count_tokens(args, kwargs)
             if isinstance(count, torch.Tensor):
@@ -142,11 +183,27 @@ class PassCounter:
             elif count is not None:
                 self.host_tokens += count
 
-    def take_tokens(self) -> tuple[float, list[torch.Tensor]]:
-        """Tokens seen since the last call: a host count and device counts (masks)."""
-        taken = (self.host_tokens, self.device_tokens)
-        self.host_tokens, self.device_tokens = 0.0, []
+    def take_tokens(self, reset: bool = True) -> tuple[float, list[torch.Tensor]]:
+        """Tokens seen since the last reset: a host count and device counts (masks)."""
+        taken = (self.host_tokens, list(self.device_tokens))
+        if reset:
+            self.host_tokens, self.device_tokens = 0.0, []
         return taken
+
+
+_BATCH_INPUTS = ("input_ids", "inputs_embeds", "pixel_values", "input_values", "input_features",
+                 "attention_mask", "decoder_input_ids", "labels")
+
+
+def batch_size(args: tuple, kwargs: dict) -> int | None:
+    """The batch size of a model call, from its usual inputs (None if none is recognised)."""
+    for name in _BATCH_INPUTS:
+        value = kwargs.get(name)
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            return value.shape[0]
+    if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 1:
+        return args[0].shape[0]
+    return None
 
 
 def count_tokens(args: tuple, kwargs: dict) -> torch.Tensor | int | None:

@@ -124,7 +124,7 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
         acc.finalize()
     problems = [p for acc in accs for p in acc.problems]
     world = _world_size(reduce)
-    taken = [c.take_tokens() for c in pass_counters(model)]
+    taken = [c.take_tokens(reset) for c in pass_counters(model)]
     host_tokens = sum(h for h, _ in taken)
     tokens = [t for _, device_counts in taken for t in device_counts]
     device = _stats_device(accs, tokens, world)
@@ -167,8 +167,6 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
     if reset:
         for acc in accs:
             acc.reset()
-        for counter in pass_counters(model):
-            counter.take_tokens()
     return PendingStats([a.name for a in accs], None if world > 1 else counts, out, event, world, problems)
 
 

@@ -94,10 +94,10 @@ def _run(formula, x, m, plan, dy, segments=None):
             got["bias"] = per_example[:, 1]
         got["sums"] = sums
 
-    sink.segments = segments
-    sink.layout = ExampleLayout(segment_starts=segments)
+    layout = ExampleLayout(segment_starts=segments, batch_size=1 if segments else x.shape[0])
+    sink.layout = layout
     xin = x.detach().clone().requires_grad_()
-    y = op.triton_norm(m, plan, xin, sink)
+    y = op.triton_norm(m, plan, xin, sink, layout.spec_for(x))
     y.backward(dy.to(y.dtype))
     return y, xin.grad, got
 

@@ -74,10 +74,7 @@ def norm_module_names(model: nn.Module) -> list[str]:
 def _cases():
     for name in ALL:
         for case in ("b1t1", "b1", "t1", "odd"):
-            marks = []
-            if name == "opt" and case in ("b1", "odd"):  # T > 1: rows of the flattened input are tokens
-                marks = [pytest.mark.xfail(reason=OPT_FLATTENED, strict=True)]
-            yield pytest.param(name, case, marks=marks, id=f"{name}-{case}")
+            yield pytest.param(name, case, id=f"{name}-{case}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,16 +484,17 @@ def test_packed_sequences_cu_seq_lens_same_as_position_ids():
 
 
 PHI_PACKED = (
-    "hf_gns bug: Phi's q_layernorm/k_layernorm run on query states of shape [1, H, T, hd] (after "
-    "transpose(1, 2)); recorder.ExampleLayout.segments_for only accepts packed inputs whose dim 1 "
-    "is the token dim (x.shape[1] == total tokens), so these norms fall back to one example per row "
-    "of dim 0 (1 example vs S -> 'parameters saw different numbers of examples', step skipped), "
-    "or, when H happens to equal the packed length, silently segment the heads instead of tokens"
+    "known limitation: Phi's q_layernorm/k_layernorm see [1, H, N, hd]; the token dim is found as the "
+    "first leading dim of size N, so when the head count equals the packed length the heads are "
+    "taken for tokens"
 )
 
 
-@pytest.mark.parametrize("lengths", [pytest.param(None, id="random"), pytest.param([1, 2], id="heads_eq_tokens")])
-@pytest.mark.xfail(reason=PHI_PACKED, strict=True)
+@pytest.mark.parametrize("lengths", [
+    pytest.param(None, id="random"),
+    # 3 heads and 3 packed tokens: dims 1 and 2 of [1, H, N, hd] both look like the token dim
+    pytest.param([1, 2], id="heads_eq_tokens", marks=pytest.mark.xfail(reason=PHI_PACKED, strict=True)),
+])
 def test_packed_sequences_phi_qk_layernorm(lengths):
     model = make_model("phi")  # 3 heads: [1, 2] packs 3 tokens == 3 heads
     ref = clone(model)
@@ -692,7 +690,6 @@ XLNET_SEQ_FIRST = (
 )
 
 
-@pytest.mark.xfail(reason=XLNET_SEQ_FIRST, strict=True)
 def test_sequence_first_hidden_states_xlnet():
     import conftest
     import transformers
@@ -718,7 +715,6 @@ GATED_NORM = (
 )
 
 
-@pytest.mark.xfail(reason=GATED_NORM, strict=True)
 def test_norm_called_with_extra_arguments_is_recorded_or_reported():
     import transformers
 
@@ -741,9 +737,6 @@ def test_norm_called_with_extra_arguments_is_recorded_or_reported():
     assert not missing, f"silently unmeasured: {missing}"
 
 
-@pytest.mark.xfail(reason="hf_gns bug: patch._patched_forward / PatchedNorm.forward(self, x, *args, "
-                   "**kwargs) requires the input positionally; a valid call such as "
-                   "layer_norm(input=h) raises TypeError once patched", raises=TypeError, strict=True)
 def test_norm_called_with_keyword_input():
     class Net(nn.Module):
         def __init__(self):
@@ -761,11 +754,6 @@ def test_norm_called_with_keyword_input():
     assert torch.equal(model(x), ref(x))
 
 
-@pytest.mark.xfail(reason="hf_gns bug: torch_path.per_example_grads expands only plan.param_names "
-                   "(trainable at patch time) and then calls reference_forward(expanded['weight'], ...): "
-                   "a norm whose weight is frozen but bias trainable (BitFit) raises KeyError 'weight' "
-                   "inside backward; the frozen weight should be passed un-expanded "
-                   "(module._parameters[n].detach())", raises=KeyError, strict=True)
 def test_frozen_weight_trainable_bias_bitfit():
     model = make_model("gpt2")
     for n, p in model.named_parameters():
@@ -794,11 +782,6 @@ def test_frozen_bias_trainable_weight_and_frozen_norms():
     assert_stats_match(stats, oracle, rtol=1e-5, what="frozen")
 
 
-@pytest.mark.xfail(reason="hf_gns bug: the set of recorded parameters is fixed at patch time "
-                   "(NormPlan.param_names = trainable then; PatchedNorm.forward records whenever any "
-                   "of them requires grad): a norm weight frozen after patch_model is still recorded "
-                   "(its per-example vectors reach the stats though it has no .grad) and one unfrozen "
-                   "after patch_model is never recorded", strict=True)
 @pytest.mark.parametrize("which", ["frozen", "unfrozen"])
 def test_requires_grad_changed_after_patching(which):
     model = make_model("gpt2")
@@ -852,10 +835,6 @@ def test_set_recording_and_async_gather():
     assert stats.tokens == 12
 
 
-@pytest.mark.xfail(reason="hf_gns bug: stats.gather_stats_async calls counter.take_tokens() for every "
-                   "pass counter before looking at `reset`, so gather_stats(reset=False) consumes the "
-                   "token count: a second read reports tokens=0 (b_simple_tokens becomes NaN) while "
-                   "the per-parameter sums are kept", strict=True)
 def test_gather_without_reset_is_repeatable():
     model = make_model("llama")
     hf_gns.patch_model(model, kernel="torch")

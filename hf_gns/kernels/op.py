@@ -112,12 +112,11 @@ class ExampleRows:
     item_example: torch.Tensor | None = None  # int64 [n_items] example of each item
 
 
-def example_rows(x: torch.Tensor, n_rows: int, segments: list[int] | None, layout) -> ExampleRows | None:
-    """Example structure of ``x`` (dim 0, or packed segments along dim 1)."""
-    if x.dim() < 2 or x.shape[0] == 0:
-        return None
-    if segments is None:
-        return ExampleRows(x.shape[0], n_rows // x.shape[0])
+def example_rows(x: torch.Tensor, n_rows: int, spec, layout) -> ExampleRows:
+    """Rows of ``x`` (example dim already at ``spec.canonical_dim``) grouped by example."""
+    if spec.segments is None:
+        return ExampleRows(spec.count, n_rows // spec.count)
+    segments = spec.segments
     rows_per_token = n_rows // x.shape[1]
     _, tile_rows, _ = K.tile_config(x.shape[-1])
     chunk = K.chunk_rows_for(n_rows, x.device, tile_rows)
@@ -172,11 +171,13 @@ def _per_example(partial: torch.Tensor, rows: ExampleRows) -> torch.Tensor:
     return out.index_add_(0, rows.item_example, partial)
 
 
-def triton_norm(module: nn.Module, plan: NormPlan, x: torch.Tensor, sink: Callable | None) -> torch.Tensor:
+def triton_norm(module: nn.Module, plan: NormPlan, x: torch.Tensor, sink: Callable | None = None,
+                spec=None) -> torch.Tensor:
     """Run ``module``'s normalization (``plan.formula``) through the Triton kernels.
 
-    ``sink(per_example, sums)``, if given, receives each backward's per-example gradients
-    ``[examples, 1 or 2, D]`` (weight, then bias) and their sum over examples.
+    With ``sink`` and ``spec`` (an `ExampleSpec`), each backward hands
+    ``sink(per_example, sums)`` the per-example gradients ``[examples, 1 or 2, D]`` (weight,
+    then bias) and their sum over examples.
     """
     weight = module.weight
     bias = module.bias if plan.formula.has_bias else None
@@ -184,14 +185,16 @@ def triton_norm(module: nn.Module, plan: NormPlan, x: torch.Tensor, sink: Callab
     if weight.dim() != 1 or x.shape[-1] != D or D > K.MAX_D:
         raise ValueError(f"unsupported shapes for the Triton norm: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
     cfg = kernel_config(plan.formula, plan.eps, x, weight)
-    x2d = x.reshape(-1, D)
-    if x2d.stride(-1) != 1:
+    recording = sink is not None and spec is not None and not torch.compiler.is_compiling()
+    moved = recording and spec.dim != spec.canonical_dim
+    xc = x.movedim(spec.dim, spec.canonical_dim) if moved else x
+    x2d = xc.reshape(-1, D)
+    if x2d.stride(-1) != 1 or (moved and not x2d.is_contiguous()):
         x2d = x2d.contiguous()
     if torch.compiler.is_compiling():
         y, _, _ = norm_fwd(x2d, weight, bias, cfg.eps, cfg.centered, cfg.offset, cfg.round_to, cfg.out_dtype)
         return y.view(x.shape)
-    rows = None
-    if sink is not None:
-        rows = example_rows(x, x2d.shape[0], getattr(sink, "segments", None), getattr(sink, "layout", None))
-    y = _NormFunction.apply(x2d, weight, bias, cfg, rows, sink if rows is not None else None)
-    return y.view(x.shape)
+    rows = example_rows(xc, x2d.shape[0], spec, getattr(sink, "layout", None)) if recording else None
+    y = _NormFunction.apply(x2d, weight, bias, cfg, rows, sink if recording else None)
+    y = y.view(xc.shape)
+    return y.movedim(spec.canonical_dim, spec.dim) if moved else y

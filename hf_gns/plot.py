@@ -1,0 +1,335 @@
+"""Read the ``gns/*`` logs of finished (or running) training runs and plot them.
+
+A run directory may hold any of ``trainer_state.json`` (the Trainer's ``log_history``; the
+newest ``checkpoint-*`` copy is used when the run dir has none), ``gns_history.jsonl``
+(written by `GNSCallback`) and ``gns_log.jsonl`` (custom loops). Their rows are merged by
+optimizer step; on a conflict the JSON-lines files win, being written every step.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+TRAINER_STATE = "trainer_state.json"
+JSONL_FILES = ("gns_history.jsonl", "gns_log.jsonl")
+AXES = ("tokens", "examples", "steps")
+AXIS_LABELS = {
+    "tokens": "tokens seen (gns/tokens)",
+    "examples": "examples seen (cumulative gns/examples)",
+    "steps": "optimizer step",
+}
+
+
+class RunLogError(ValueError):
+    """A run directory has nothing that can be read as a training log."""
+
+
+@dataclass
+class RunLog:
+    """One run's log rows merged by optimizer step, sorted by step.
+
+    ``rows`` hold only numeric values (NaN kept); ``axis`` is the best x axis of this run.
+    """
+
+    name: str
+    path: str
+    rows: list[dict[str, float]]
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def steps(self) -> np.ndarray:
+        return np.array([row["step"] for row in self.rows], dtype=float)
+
+    def has(self, key: str) -> bool:
+        """Whether ``key`` has at least one finite value."""
+        return any(_finite(row.get(key)) for row in self.rows)
+
+    @property
+    def axis(self) -> str:
+        if self.has("gns/tokens"):
+            return "tokens"
+        if self.has("gns/examples") or self.has("gns/batch_size"):
+            return "examples"
+        return "steps"
+
+    def x(self, axis: str | None = None) -> np.ndarray:
+        """The x coordinate of every row on ``axis`` (default: this run's own axis)."""
+        axis = axis or self.axis
+        steps = self.steps
+        if axis == "steps":
+            return steps
+        if axis == "tokens":
+            known = [(row["step"], row["gns/tokens"]) for row in self.rows if _finite(row.get("gns/tokens"))]
+        elif axis == "examples":
+            known, total, prev = [], 0.0, 0.0
+            for row in self.rows:
+                per_step = row.get("gns/examples")
+                per_step = per_step if _finite(per_step) else row.get("gns/batch_size")
+                if _finite(per_step):
+                    # a logged value stands for every step since the previous one
+                    total += per_step * (row["step"] - prev)
+                    prev = row["step"]
+                    known.append((row["step"], total))
+        else:
+            raise ValueError(f"unknown axis {axis!r}; expected one of {AXES}")
+        if not known:
+            raise ValueError(f"run {self.name!r} has no data for the {axis} axis")
+        return _interp(steps, known)
+
+    def series(self, key: str, axis: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of the rows where ``key`` is finite."""
+        xs = self.x(axis)
+        keep = [i for i, row in enumerate(self.rows) if _finite(row.get(key))]
+        return xs[keep], np.array([self.rows[i][key] for i in keep], dtype=float)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _interp(steps: np.ndarray, known: list[tuple[float, float]]) -> np.ndarray:
+    """Piecewise-linear x(step) through ``known`` and (0, 0); the last slope beyond the end."""
+    ks = np.array([k for k, _ in known], dtype=float)
+    kx = np.array([v for _, v in known], dtype=float)
+    if ks[0] > 0:
+        ks, kx = np.concatenate([[0.0], ks]), np.concatenate([[0.0], kx])
+    out = np.interp(steps, ks, kx)
+    if len(ks) >= 2 and ks[-1] > ks[-2]:
+        slope = (kx[-1] - kx[-2]) / (ks[-1] - ks[-2])
+        beyond = steps > ks[-1]
+        out[beyond] = kx[-1] + slope * (steps[beyond] - ks[-1])
+    return out
+
+
+def _numeric(row: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _trainer_state_path(run_dir: str) -> str | None:
+    path = os.path.join(run_dir, TRAINER_STATE)
+    if os.path.isfile(path):
+        return path
+    checkpoints = glob.glob(os.path.join(run_dir, "checkpoint-*", TRAINER_STATE))
+    numbered = [(int(m.group(1)), p) for p in checkpoints if (m := re.search(r"checkpoint-(\d+)", p))]
+    return max(numbered)[1] if numbered else None
+
+
+def _read_rows(path: str) -> list[dict[str, Any]]:
+    if path.endswith(".json"):
+        with open(path) as f:
+            data = json.load(f)
+        rows = data.get("log_history", []) if isinstance(data, dict) else []
+    else:
+        rows = []
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # blank or partly written line
+    return [row for row in rows if isinstance(row, dict) and _finite(row.get("step"))]
+
+
+def run_name(run_dir: str) -> str:
+    """The legend name of a run: its directory's base name."""
+    return os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
+
+
+def load_run(run_dir: str, name: str | None = None) -> RunLog:
+    """Read and merge every log file of ``run_dir`` (a directory, or one of its log files).
+
+    Raises `RunLogError` (a ValueError) if nothing readable with logged steps is found.
+    """
+    if os.path.isfile(run_dir):
+        run_dir = os.path.dirname(os.path.abspath(run_dir))
+    if not os.path.isdir(run_dir):
+        raise RunLogError(f"run directory not found: {run_dir}")
+    paths = [_trainer_state_path(run_dir)] + [os.path.join(run_dir, n) for n in JSONL_FILES]
+    paths = [p for p in paths if p is not None and os.path.isfile(p)]
+    if not paths:
+        raise RunLogError(
+            f"no training log in {run_dir}: expected {TRAINER_STATE}, "
+            f"checkpoint-*/{TRAINER_STATE} or one of {', '.join(JSONL_FILES)}"
+        )
+    merged: dict[int, dict[str, float]] = {}
+    for path in paths:
+        try:
+            rows = _read_rows(path)
+        except (OSError, json.JSONDecodeError) as error:
+            raise RunLogError(f"cannot read {path}: {error}") from error
+        for row in rows:
+            step = int(row["step"])
+            merged.setdefault(step, {}).update(_numeric(row))
+            merged[step]["step"] = float(step)
+    if not merged:
+        raise RunLogError(f"no logged steps in {', '.join(paths)}")
+    return RunLog(name or run_name(run_dir), run_dir, [merged[s] for s in sorted(merged)], paths)
+
+
+def common_axis(runs: Sequence[RunLog]) -> str:
+    """The best x axis every run has: tokens, else examples, else steps."""
+    return max((run.axis for run in runs), key=AXES.index)
+
+
+def _unique_names(run_dirs: Sequence[str]) -> list[str]:
+    names = [run_name(d) for d in run_dirs]
+    if len(set(names)) == len(names):
+        return names
+    parts = [os.path.normpath(os.path.abspath(d)).split(os.sep) for d in run_dirs]
+    return [os.path.join(*p[-2:]) for p in parts]
+
+
+# -- figures -------------------------------------------------------------------------------
+
+
+def _figure(title: str, xlabel: str, ylabel: str):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 5.5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_title(title, fontsize=13)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+    return fig, ax
+
+
+def _finish(fig, ax, axis: str, path: str, style_handles: list | None = None) -> str:
+    from matplotlib.ticker import EngFormatter
+
+    if axis != "steps":
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    legend = ax.legend(title="run", loc="best", fontsize=9)
+    if style_handles:
+        ax.add_artist(legend)
+        ax.legend(handles=style_handles, loc="lower right", fontsize=8, framealpha=0.8)
+    fig.savefig(path)
+    return path
+
+
+def _positive(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = y > 0
+    return x[keep], y[keep]
+
+
+def _plot_gns(runs: Sequence[RunLog], axis: str, path: str) -> str | None:
+    if not any(run.has("gns/b_simple") or run.has("gns/step_b_simple") for run in runs):
+        return None
+    from matplotlib.lines import Line2D
+
+    fig, ax = _figure("Gradient noise scale B_simple", AXIS_LABELS[axis], "B_simple (examples)")
+    ax.set_yscale("log")
+    shown: list[np.ndarray] = []
+    styles = {"EMA": False, "step": False, "full": False, "batch": False}
+    for i, run in enumerate(runs):
+        color = f"C{i % 10}"
+        x, y = _positive(*run.series("gns/b_simple", axis))
+        ax.plot(x, y, color=color, lw=2, label=run.name)
+        styles["EMA"] = styles["EMA"] or bool(len(y))
+        shown.append(y)
+        x, y = _positive(*run.series("gns/step_b_simple", axis))
+        if len(y):
+            styles["step"] = True
+            ax.scatter(x, y, s=6, color=color, alpha=0.18, lw=0)
+            if len(y) >= 10:
+                shown.append(np.percentile(y, [2, 98]))
+        x, y = _positive(*run.series("gns/full_model_b_simple", axis))
+        if len(y):
+            styles["full"] = True
+            ax.scatter(x, y, s=45, marker="D", facecolor=color, edgecolor="black", zorder=5)
+            shown.append(y)
+        x, y = _positive(*run.series("gns/batch_size", axis))
+        if len(y):
+            styles["batch"] = True
+            ax.plot(x, y, color=color, lw=1, ls="--", drawstyle="steps-post", alpha=0.8)
+            shown.append(y)
+    values = np.concatenate([v for v in shown if len(v)]) if any(len(v) for v in shown) else np.array([])
+    if len(values):
+        ax.set_ylim(values.min() / 1.5, values.max() * 1.5)
+    handles = [
+        Line2D([], [], color="gray", lw=2, label="B_simple (EMA)"),
+        Line2D([], [], color="gray", marker="o", ls="", ms=3, alpha=0.4, label="per-step estimate"),
+        Line2D([], [], color="gray", marker="D", ls="", mec="black", label="whole-model diagnostic"),
+        Line2D([], [], color="gray", lw=1, ls="--", label="global batch size"),
+    ]
+    keys = ["EMA", "step", "full", "batch"]
+    return _finish(fig, ax, axis, path, [h for h, k in zip(handles, keys) if styles[k]])
+
+
+def _plot_batch_size(runs: Sequence[RunLog], axis: str, path: str) -> str | None:
+    if not any(run.has("gns/batch_size") for run in runs):
+        return None
+    fig, ax = _figure("Global batch size", AXIS_LABELS[axis], "batch size (examples)")
+    top = bottom = None
+    for i, run in enumerate(runs):
+        x, y = run.series("gns/batch_size", axis)
+        if len(y):
+            ax.plot(x, y, color=f"C{i % 10}", lw=2, drawstyle="steps-post", label=run.name)
+            top = y.max() if top is None else max(top, y.max())
+            bottom = y.min() if bottom is None else min(bottom, y.min())
+    if bottom and bottom > 0 and top / bottom >= 4:
+        ax.set_yscale("log", base=2)
+    return _finish(fig, ax, axis, path)
+
+
+def _plot_loss(runs: Sequence[RunLog], axis: str, path: str) -> str | None:
+    if not any(run.has("loss") or run.has("eval_loss") for run in runs):
+        return None
+    from matplotlib.lines import Line2D
+
+    fig, ax = _figure("Loss", AXIS_LABELS[axis], "loss")
+    has_eval = False
+    for i, run in enumerate(runs):
+        color = f"C{i % 10}"
+        x, y = run.series("loss", axis)
+        if len(y) > 200:  # per-step losses: faint raw values plus a running mean
+            ax.plot(x, y, color=color, lw=0.6, alpha=0.25)
+            width = max(len(y) // 50, 2)
+            y = np.convolve(y, np.ones(width) / width, mode="valid")
+            x = x[width - 1 :]
+        ax.plot(x, y, color=color, lw=1.8, label=run.name)
+        x, y = run.series("eval_loss", axis)
+        if len(y):
+            has_eval = True
+            ax.plot(x, y, color=color, lw=1.2, ls="--", marker="o", ms=5)
+    handles = [Line2D([], [], color="gray", lw=1.8, label="train loss")]
+    if has_eval:
+        handles.append(Line2D([], [], color="gray", lw=1.2, ls="--", marker="o", label="eval loss"))
+    return _finish(fig, ax, axis, path, handles)
+
+
+def plot_runs(run_dirs: Iterable[str | RunLog], out_dir: str) -> list[str]:
+    """Write ``gns.png``, ``batch_size.png`` and ``loss.png`` (those with data) to ``out_dir``.
+
+    Every run is overlaid in its own colour, named after its directory. Returns the paths
+    written. Needs matplotlib (``pip install hf_gns[plot]``).
+    """
+    items = list(run_dirs)
+    if not items:
+        raise ValueError("plot_runs needs at least one run directory")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:  # pragma: no cover
+        raise ImportError("plotting needs matplotlib: pip install 'hf_gns[plot]'") from error
+    dirs = [item for item in items if not isinstance(item, RunLog)]
+    names = iter(_unique_names(dirs))
+    runs = [item if isinstance(item, RunLog) else load_run(item, next(names)) for item in items]
+    axis = common_axis(runs)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for filename, draw in (("gns.png", _plot_gns), ("batch_size.png", _plot_batch_size), ("loss.png", _plot_loss)):
+        path = draw(runs, axis, os.path.join(out_dir, filename))
+        if path is not None:
+            written.append(path)
+    return written

@@ -19,8 +19,11 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler
 
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .batch_control import STATE_FILE, TrainerBatchControl, load_state, save_state
 from .estimator import GNSTracker, NotEstimable, estimate, estimate_per_param
-from .patch import patch_model, patched_modules
+from .patch import pass_counters, patch_model, patched_modules
 from .stats import PendingStats, gather_stats_async, reset_stats
 
 logger = logging.getLogger(__name__)
@@ -45,7 +48,13 @@ class GNSCallback(TrainerCallback):
     Args:
         ema: decay of the EMAs of |G|^2 and tr(Sigma) (per optimizer step).
         log_layers: also log per-parameter B_simple (``gns/layer/<param>``).
-        batch_size: None (measure only), or a batch-size policy (see `hf_gns.schedule`).
+        batch_size: None (measure only), or a batch-size policy (see `hf_gns.schedule`):
+            the global batch then follows it through the gradient accumulation count, and
+            the LR schedule, the budget and ``max_steps`` are counted in tokens.
+        max_tokens: token budget of a run with a batch-size policy (default: ``max_steps``
+            optimizer steps at the starting batch).
+        lr_scaling: with a batch-size policy, scale the LR with the batch: "none",
+            "sqrt" (Adam-family) or "linear".
         prefix: prefix of every logged key.
         history_file: name of the per-step JSON-lines history written to ``output_dir``
             on the main process (None to disable).
@@ -56,6 +65,8 @@ class GNSCallback(TrainerCallback):
         ema: float = 0.99,
         log_layers: bool = False,
         batch_size: Any = None,
+        max_tokens: float | None = None,
+        lr_scaling: str = "none",
         prefix: str = "gns/",
         history_file: str | None = "gns_history.jsonl",
     ) -> None:
@@ -65,11 +76,11 @@ class GNSCallback(TrainerCallback):
         self.log_layers = log_layers
         self.prefix = prefix
         self.history_file = history_file
-        self.policy = _make_policy(batch_size)
+        self.control = None if batch_size in (None, "none") else TrainerBatchControl(batch_size, max_tokens, lr_scaling)
         self.trainer = None
         self.history: list[dict[str, float]] = []
         self._to_log: dict[str, float] = {}
-        self._in_flight: list[tuple[int, PendingStats, Any, bool]] = []
+        self._in_flight: list[tuple[int, PendingStats, Any, bool, dict]] = []
         self._scale: Any = 1.0
         self._skipped_step = False
         self._model = None
@@ -78,8 +89,8 @@ class GNSCallback(TrainerCallback):
     def set_trainer(self, trainer) -> None:
         """Give the callback its Trainer (done automatically at train start)."""
         self.trainer = trainer
-        if self.policy is not None:
-            self.policy.attach(trainer)
+        if self.control is not None:
+            self.control.attach(trainer)
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
         handler = _find_in_stack(CallbackHandler)
@@ -98,8 +109,21 @@ class GNSCallback(TrainerCallback):
             logger.info("hf_gns: model was not patched; patched %d norm modules", len(names))
         if model is not None:
             reset_stats(model)
-        if self.policy is not None:
-            self.policy.on_train_begin(args, state)
+            for counter in pass_counters(model):
+                counter.take_positions()
+        saved = self._load_checkpoint_state(args, state)
+        if self.control is not None:
+            self.control.on_train_begin(args, state, kwargs.get("lr_scheduler"),
+                                        handler.callbacks if handler is not None else (),
+                                        saved.get("batch_control") if saved else None)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.control is not None:
+            self.control.on_epoch_begin()
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        if self.control is not None:
+            self.control.on_substep_end()
 
     # -- per step --------------------------------------------------------------------------
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
@@ -112,6 +136,9 @@ class GNSCallback(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         self._skipped_step = bool(getattr(optimizer, "step_was_skipped", False))
+        if self.control is not None and self._model is not None:
+            positions = sum(c.take_positions() for c in pass_counters(self._model))
+            self.control.on_optimizer_step(positions * max(1, args.world_size))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         model = model if model is not None else self._model
@@ -120,19 +147,19 @@ class GNSCallback(TrainerCallback):
         # start this step's reduction; read the previous step's (a fixed one-step lag, so the
         # GPU queue never drains and every rank decides on the same numbers)
         pending = gather_stats_async(model, reset=True)
-        self._in_flight.append((state.global_step, pending, self._scale, self._skipped_step))
+        batch_values = self.control.log_values(self.prefix) if self.control is not None else {}
+        self._in_flight.append((state.global_step, pending, self._scale, self._skipped_step, batch_values))
         self._skipped_step = False
         self._resolve(upto=state.global_step - 1)
-        if self.policy is not None:
-            self.policy.on_step_end(args, state, control, self.tracker)
+        if self.control is not None:
+            self.control.on_step_end(args, state, control, self.tracker)
 
     def _resolve(self, upto: int) -> None:
         """Fold in the measurements of every step <= ``upto``, oldest first."""
         while self._in_flight and self._in_flight[0][0] <= upto:
-            step, pending, scale, skipped = self._in_flight.pop(0)
+            step, pending, scale, skipped, batch_values = self._in_flight.pop(0)
             record = self._measure(pending.result(), step, float(scale), skipped)
-            if self.policy is not None:
-                record.update(self.policy.log_values())
+            record.update(batch_values)
             self._to_log = record
             self.history.append({"step": step, **record})
 
@@ -186,6 +213,33 @@ class GNSCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         self._resolve(upto=state.global_step)
         self._write_history(args, state)
+        if state.is_world_process_zero:
+            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            save_state(checkpoint, self.state_dict())
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue the same trajectory."""
+        return {"tracker": self.tracker.state_dict(),
+                "layer_trackers": {n: t.state_dict() for n, t in self.layer_trackers.items()},
+                "history": self.history,
+                "batch_control": self.control.state_dict() if self.control is not None else None}
+
+    def load_state_dict(self, data: dict) -> None:
+        self.tracker.load_state_dict(data["tracker"])
+        for name, tracker_state in data.get("layer_trackers", {}).items():
+            self.layer_trackers.setdefault(name, GNSTracker(self.ema)).load_state_dict(tracker_state)
+        self.history = list(data.get("history", []))
+
+    def _load_checkpoint_state(self, args, state) -> dict | None:
+        if state.global_step == 0:
+            return None
+        saved = load_state(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+        if saved is None:
+            logger.warning("hf_gns: resumed at step %d without %s: GNS EMAs and batch-size state start afresh",
+                           state.global_step, STATE_FILE)
+            return None
+        self.load_state_dict(saved)
+        return saved
 
     def on_train_end(self, args, state, control, **kwargs):
         self._resolve(upto=state.global_step)
@@ -204,10 +258,3 @@ class GNSCallback(TrainerCallback):
             for row in self.history:
                 f.write(json.dumps(row) + "\n")
 
-
-def _make_policy(batch_size: Any):
-    if batch_size is None or batch_size == "none":
-        return None
-    from .schedule import make_policy
-
-    return make_policy(batch_size)

@@ -241,7 +241,7 @@ def _plot_gns(runs: Sequence[RunLog], axis: str, path: str) -> str | None:
         x, y = _positive(*run.series("gns/step_b_simple", axis))
         if len(y):
             styles["step"] = True
-            ax.scatter(x, y, s=6, color=color, alpha=0.18, lw=0)
+            ax.scatter(x, y, s=10, color=color, alpha=0.3, lw=0)
             if len(y) >= 10:
                 shown.append(np.percentile(y, [2, 98]))
         x, y = _positive(*run.series("gns/full_model_b_simple", axis))
@@ -252,7 +252,7 @@ def _plot_gns(runs: Sequence[RunLog], axis: str, path: str) -> str | None:
         x, y = _positive(*run.series("gns/batch_size", axis))
         if len(y):
             styles["batch"] = True
-            ax.plot(x, y, color=color, lw=1, ls="--", drawstyle="steps-post", alpha=0.8)
+            ax.plot(x, y, color=color, lw=1, ls="--", drawstyle="steps-pre", alpha=0.8)
             shown.append(y)
     values = np.concatenate([v for v in shown if len(v)]) if any(len(v) for v in shown) else np.array([])
     if len(values):
@@ -275,11 +275,15 @@ def _plot_batch_size(runs: Sequence[RunLog], axis: str, path: str) -> str | None
     for i, run in enumerate(runs):
         x, y = run.series("gns/batch_size", axis)
         if len(y):
-            ax.plot(x, y, color=f"C{i % 10}", lw=2, drawstyle="steps-post", label=run.name)
+            # a value logged at a step's end held since the previous step's end
+            ax.plot(x, y, color=f"C{i % 10}", lw=2, drawstyle="steps-pre", label=run.name)
             top = y.max() if top is None else max(top, y.max())
             bottom = y.min() if bottom is None else min(bottom, y.min())
     if bottom and bottom > 0 and top / bottom >= 4:
+        from matplotlib.ticker import ScalarFormatter
+
         ax.set_yscale("log", base=2)
+        ax.yaxis.set_major_formatter(ScalarFormatter())
     return _finish(fig, ax, axis, path)
 
 

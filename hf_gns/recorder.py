@@ -172,16 +172,23 @@ class PassCounter:
         self.layout = ExampleLayout()
         self.host_tokens = 0.0
         self.device_tokens: list[torch.Tensor] = []
+        self.positions = 0
 
     def start_pass(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.pass_id += 1
         self.layout = ExampleLayout(segment_starts=packed_segments(kwargs), batch_size=batch_size(args, kwargs))
         if module.training and torch.is_grad_enabled():
+            self.positions += input_positions(args, kwargs)
             count = count_tokens(args, kwargs)
             if isinstance(count, torch.Tensor):
                 self.device_tokens.append(count)
             elif count is not None:
                 self.host_tokens += count
+
+    def take_positions(self) -> int:
+        """Input positions of training forwards since the last call (a host count)."""
+        taken, self.positions = self.positions, 0
+        return taken
 
     def take_tokens(self, reset: bool = True) -> tuple[float, list[torch.Tensor]]:
         """Tokens seen since the last reset: a host count and device counts (masks)."""
@@ -204,6 +211,18 @@ def batch_size(args: tuple, kwargs: dict) -> int | None:
     if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 1:
         return args[0].shape[0]
     return None
+
+
+def input_positions(args: tuple, kwargs: dict) -> int:
+    """Input positions (tokens, padding included) of one forward, from shapes alone."""
+    for name in ("input_ids", "inputs_embeds", "labels", "decoder_input_ids"):
+        value = kwargs.get(name)
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return value.shape[0] * value.shape[1]
+    if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 1:
+        first = args[0]
+        return first.shape[0] * (first.shape[1] if first.dim() >= 2 and not first.is_floating_point() else 1)
+    return 0
 
 
 def count_tokens(args: tuple, kwargs: dict) -> torch.Tensor | int | None:

@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no_gns", action="store_true", help="train without hf_gns")
     p.add_argument("--kernel", default="auto", choices=["auto", "torch", "triton"], help="hf_gns per-example norm kernel")
     p.add_argument("--batch_size_policy", default="none", help="hf_gns batch size policy, e.g. 'gns', 'linear:START:END'")
+    p.add_argument("--max_tokens", type=float, default=None, help="token budget with a batch size policy")
+    p.add_argument("--lr_scaling", default="none", choices=["none", "sqrt", "linear"], help="LR scaling on batch growth")
+    p.add_argument("--no_report", action="store_true", help="skip the plots and the model card section at the end")
     return p.parse_args(argv)
 
 
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.batch_size_policy == "none":
             callbacks.append(hf_gns.GNSCallback())
         else:
-            callbacks.append(hf_gns.GNSCallback(batch_size=args.batch_size_policy))
+            callbacks.append(hf_gns.GNSCallback(batch_size=args.batch_size_policy, max_tokens=args.max_tokens,
+                                                lr_scaling=args.lr_scaling))
         if training_args.process_index == 0:
             print(f"hf_gns: patched {len(patched)} modules")
 
@@ -213,6 +217,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"gns/b_simple:     {b_simple:.4g} (last logged)")
         elif not args.no_gns:
             print("gns/b_simple:     not logged")
+        if callbacks and not args.no_report:
+            from hf_gns.model_card import update_model_card
+            from hf_gns.plot import plot_runs
+
+            plots = plot_runs([args.output_dir], args.output_dir)
+            card = update_model_card(args.output_dir, callbacks[0].history,
+                                     plot_path=next((p for p in plots if p.endswith("gns.png")), None))
+            print(f"plots:            {', '.join(plots)}")
+            print(f"model card:       {card}")
         print(f"total time:       {time.time() - t0:.1f}s")
         print(f"state written to: {os.path.join(args.output_dir, 'trainer_state.json')}")
 

@@ -12,6 +12,8 @@ from .stats import GradientStats, ParamStats, PendingStats, gather_stats, gather
 __version__ = "0.1.0"
 
 __all__ = [
+    "GNSCallback",
+    "GNSLoop",
     "EMA",
     "GNSEstimate",
     "GNSTracker",
@@ -33,8 +35,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "GNSCallback":  # imports transformers only when asked for
+    # these import transformers / accelerate only when asked for
+    if name == "GNSCallback":
         from .callback import GNSCallback
 
         return GNSCallback
+    if name == "GNSLoop":
+        from .accelerate_loop import GNSLoop
+
+        return GNSLoop
     raise AttributeError(name)

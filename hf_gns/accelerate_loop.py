@@ -1,0 +1,209 @@
+"""GNS and a batch size that follows it in a custom `accelerate` training loop.
+
+The loop accumulates gradients itself, in groups whose size the policy sets (the way the
+accelerate maintainers advise for a changing accumulation count): `GNSLoop.groups` cuts
+the dataloader into groups of micro-batches, every micro-batch's loss is normalized by the
+tokens of its whole group (so the last, shorter group of an epoch weighs what it should),
+gradients are synchronized on the last micro-batch only, and `GNSLoop.step` measures GNS
+and picks the next group's size. ``accelerator.gradient_accumulation_steps`` stays 1.
+
+    loop = hf_gns.GNSLoop(accelerator, model, batch_size="gns:max=256")
+    loop.wrap_scheduler(scheduler)                  # LR schedule counted in tokens
+    for group in loop.groups(train_dataloader):
+        num_items = loop.num_items(group)
+        for batch, sync in loop.micro_batches(group):
+            with sync:
+                loss = model(**batch, num_items_in_batch=num_items).loss
+                accelerator.backward(loss)
+        optimizer.step(); scheduler.step(); optimizer.zero_grad()
+        logs = loop.step()                          # gns/* (one step behind, no GPU stall)
+        if loop.done:
+            break
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .batch_control import TokenClock, _token_lambda
+from .estimator import GNSTracker, NotEstimable, estimate
+from .patch import pass_counters, patch_model, patched_modules
+from .schedule import make_policy
+from .stats import PendingStats, gather_stats_async
+
+logger = logging.getLogger(__name__)
+
+
+class GNSLoop:
+    """Measure GNS every optimizer step of a custom loop and size the next accumulation group.
+
+    Args:
+        accelerator: the run's ``accelerate.Accelerator``.
+        model: the (unwrapped or prepared) model; patched here if it is not yet.
+        batch_size: None (measure only) or a batch-size policy (`hf_gns.schedule`).
+        accumulation_steps: micro-batches per optimizer step at the start.
+        max_tokens: token budget; `done` turns True once it is consumed.
+        lr_scaling: "none", "sqrt" or "linear" LR scaling with the batch (see `wrap_scheduler`).
+        ema: decay of the EMAs of |G|^2 and tr(Sigma).
+    """
+
+    def __init__(self, accelerator, model: nn.Module, batch_size: Any = None, accumulation_steps: int = 1,
+                 max_tokens: float | None = None, lr_scaling: str = "none", ema: float = 0.99,
+                 prefix: str = "gns/") -> None:
+        self.accelerator = accelerator
+        self.model = accelerator.unwrap_model(model) if hasattr(accelerator, "unwrap_model") else model
+        if not patched_modules(self.model):
+            patch_model(self.model)
+        self.policy = make_policy(batch_size) if batch_size not in (None, "none") else None
+        self.start_accumulation = self.accumulation = accumulation_steps
+        self.max_tokens = max_tokens
+        self.lr_scaling = lr_scaling
+        self.tracker = GNSTracker(ema)
+        self.clock = TokenClock()
+        self.prefix = prefix
+        self.steps = 0
+        self.micro_batch: int | None = None
+        self.history: list[dict[str, float]] = []
+        self._in_flight: list[tuple[int, PendingStats, Any, dict]] = []
+        self._scale: Any = 1.0
+
+    # -- data ------------------------------------------------------------------------------
+    def groups(self, dataloader: Iterable) -> Iterator[list]:
+        """Micro-batches of ``dataloader`` in groups of the current accumulation count."""
+        group: list = []
+        for batch in dataloader:
+            group.append(batch)
+            if len(group) >= self.accumulation:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def micro_batches(self, group: list) -> Iterator[tuple[Any, contextlib.AbstractContextManager]]:
+        """(batch, context): gradients are all-reduced on the group's last micro-batch only."""
+        self._scale = self._loss_scale()
+        for i, batch in enumerate(group):
+            last = i == len(group) - 1
+            yield batch, contextlib.nullcontext() if last else self.accelerator.no_sync(self.model_for_sync)
+        if self.micro_batch is None:
+            self.micro_batch = _batch_rows(group[0]) * self.accelerator.num_processes
+
+    @property
+    def model_for_sync(self) -> nn.Module:
+        return getattr(self, "_prepared", None) or self.model
+
+    def set_prepared_model(self, model: nn.Module) -> None:
+        """The model as returned by ``accelerator.prepare`` (for ``no_sync`` under DDP)."""
+        self._prepared = model
+
+    @staticmethod
+    def num_items(group: list, label_key: str = "labels", shift: bool = True) -> torch.Tensor:
+        """Tokens carrying a label in the whole group (after the causal shift): the loss divisor."""
+        total = None
+        for batch in group:
+            labels = batch[label_key]
+            labels = labels[..., 1:] if shift else labels
+            count = (labels != -100).sum()
+            total = count if total is None else total + count
+        return total
+
+    # -- per optimizer step ----------------------------------------------------------------
+    def wrap_scheduler(self, scheduler) -> None:
+        """Make a LambdaLR (or accelerate's wrapper of one) count tokens instead of steps."""
+        inner = getattr(scheduler, "scheduler", scheduler)
+        if not isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
+            raise TypeError(f"wrap_scheduler needs a LambdaLR, got {type(inner).__name__}")
+        inner.lr_lambdas = [_token_lambda(fn, self.clock) for fn in inner.lr_lambdas]
+
+    def step(self) -> dict[str, float]:
+        """Call after ``optimizer.step()``: count tokens, start this step's GNS reduction, read the
+        previous one, and choose the next group's size. Returns the newest measured values."""
+        self.steps += 1
+        positions = sum(c.take_positions() for c in pass_counters(self.model))
+        step_tokens = positions * self.accelerator.num_processes
+        self.clock.tokens += step_tokens
+        if self.clock.tokens_per_step0 is None and step_tokens:
+            self.clock.tokens_per_step0 = step_tokens
+        skipped = bool(getattr(self.accelerator, "optimizer_step_was_skipped", False))
+        pending = gather_stats_async(self.model)
+        self._in_flight.append((self.steps, pending, self._scale if not skipped else None, self._log_batch()))
+        self._resolve(self.steps - 1)
+        self._choose_accumulation()
+        return self.history[-1] if self.history else {}
+
+    def finish(self) -> dict[str, float]:
+        """Read every measurement still in flight (end of training)."""
+        self._resolve(self.steps)
+        return self.history[-1] if self.history else {}
+
+    @property
+    def done(self) -> bool:
+        """True once the token budget is consumed."""
+        return self.max_tokens is not None and self.clock.tokens >= self.max_tokens
+
+    @property
+    def batch_size(self) -> int | None:
+        return None if self.micro_batch is None else self.micro_batch * self.accumulation
+
+    def _choose_accumulation(self) -> None:
+        if self.policy is None or self.micro_batch is None:
+            return
+        start_batch = self.micro_batch * self.start_accumulation
+        budget = self.max_tokens
+        target = self.policy.target(self.clock.tokens, self.tracker.b_simple, start_batch, budget)
+        if target is None:
+            return
+        wanted = max(self.accumulation, int(round(target / self.micro_batch)))
+        if wanted != self.accumulation:
+            logger.info("hf_gns: step %d: accumulation %d -> %d", self.steps, self.accumulation, wanted)
+            self.accumulation = wanted
+            if self.lr_scaling != "none":
+                power = 0.5 if self.lr_scaling == "sqrt" else 1.0
+                self.clock.lr_factor = (wanted / self.start_accumulation) ** power
+
+    def _log_batch(self) -> dict[str, float]:
+        p = self.prefix
+        return {p + "batch_size": float(self.batch_size or 0), p + "accumulation_steps": float(self.accumulation),
+                p + "tokens": self.clock.tokens}
+
+    def _resolve(self, upto: int) -> None:
+        p = self.prefix
+        while self._in_flight and self._in_flight[0][0] <= upto:
+            step, pending, scale, batch_values = self._in_flight.pop(0)
+            record = {"step": step, **batch_values}
+            stats = pending.result()
+            try:
+                if scale is None:
+                    raise NotEstimable("optimizer step skipped (fp16 overflow)")
+                est = estimate(stats, scale=float(scale))
+            except NotEstimable as error:
+                logger.warning("hf_gns: step %d not measured: %s", step, error)
+                record[p + "skipped"] = 1.0
+            else:
+                self.tracker.update(est)
+                per_example = stats.tokens / est.num_examples if stats.tokens else math.nan
+                record.update({p + "b_simple": self.tracker.b_simple,
+                               p + "b_simple_tokens": self.tracker.b_simple * per_example,
+                               p + "g2": self.tracker.g2.get(), p + "trace_sigma": self.tracker.trace_sigma.get(),
+                               p + "step_b_simple": est.b_simple, p + "examples": float(est.num_examples),
+                               p + "skipped": 0.0})
+            self.history.append(record)
+
+    def _loss_scale(self):
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is None or not scaler.is_enabled():
+            return 1.0
+        get_async = getattr(scaler, "_get_scale_async", None)
+        return get_async() if get_async is not None else scaler.get_scale()
+
+
+def _batch_rows(batch) -> int:
+    if isinstance(batch, dict):
+        batch = next(v for v in batch.values() if isinstance(v, torch.Tensor))
+    return batch.shape[0]

@@ -156,7 +156,8 @@ class GNSLoop:
             return
         start_batch = self.micro_batch * self.start_accumulation
         budget = self.max_tokens
-        target = self.policy.target(self.clock.tokens, self.tracker.b_simple, start_batch, budget)
+        target = self.policy.target(self.clock.tokens, self.tracker.b_simple, start_batch, budget,
+                                    self.tracker.steps)
         if target is None:
             return
         wanted = max(self.accumulation, int(round(target / self.micro_batch)))

@@ -129,7 +129,7 @@ class TrainerBatchControl:
         if self.budget is None and self.clock.tokens_per_step0:
             self.budget = self.max_tokens or state.max_steps * self.clock.tokens_per_step0
         target = self.policy.target(self.clock.tokens, tracker.b_simple,
-                                    self.micro_batch * self.start_accumulation, self.budget)
+                                    self.micro_batch * self.start_accumulation, self.budget, tracker.steps)
         if target is not None:
             wanted = accumulation_for(target, self.micro_batch, self.accumulation)
             if wanted > self.accumulation and (self.pending is None or wanted > self.pending):

@@ -5,7 +5,7 @@ accumulation count and applies it where that is safe. Policies are plain data, s
 can be saved with a checkpoint and written as a string on a command line:
 
     "gns"                      follow the measured B_simple (defaults below)
-    "gns:k=2,min=16,max=512,warmup=1e6"
+    "gns:k=2,min=16,max=512,warmup=1e6,min_steps=50"
     "linear:16:120"            linear in tokens from 16 to 120 over the token budget
     "linear:16:120:5e8"        ... over 5e8 tokens
     "steps:0:16,1e8:32,2e8:64" from 1e8 tokens on 32, from 2e8 on 64 (Megatron style)
@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class GNSPolicy:
-    """Target batch = clamp(k * B_simple, min_batch, max_batch) once ``warmup_tokens`` have passed.
+    """Target batch = clamp(k * B_simple, min_batch, max_batch) once ``warmup_tokens`` have passed
+    and at least ``min_steps`` steps were measured (the first EMA values are noisy, and the
+    batch never shrinks back).
 
     ``min_batch`` defaults to the starting batch. McCandlish et al. (2018) put the
     compute/time-optimal batch near B_simple, so k = 1 is the default.
@@ -29,8 +31,12 @@ class GNSPolicy:
     min_batch: int | None = None
     max_batch: int | None = None
     warmup_tokens: float = 0.0
+    min_steps: int = 50
 
-    def target(self, tokens: float, b_simple: float, start_batch: int, budget: float | None) -> int | None:
+    def target(self, tokens: float, b_simple: float, start_batch: int, budget: float | None,
+               measured_steps: int | None = None) -> int | None:
+        if measured_steps is not None and measured_steps < self.min_steps:
+            return None
         if tokens < self.warmup_tokens or not math.isfinite(b_simple) or b_simple <= 0:
             return None
         low = self.min_batch if self.min_batch is not None else start_batch
@@ -48,7 +54,8 @@ class LinearSchedule:
     end: int
     tokens: float | None = None
 
-    def target(self, tokens: float, b_simple: float, start_batch: int, budget: float | None) -> int | None:
+    def target(self, tokens: float, b_simple: float, start_batch: int, budget: float | None,
+               measured_steps: int | None = None) -> int | None:
         span = self.tokens if self.tokens is not None else budget
         if not span:
             raise ValueError("LinearSchedule needs `tokens` or a token budget (max_tokens / max_steps)")
@@ -62,7 +69,8 @@ class StepSchedule:
 
     points: tuple[tuple[float, int], ...]
 
-    def target(self, tokens: float, b_simple: float, start_batch: int, budget: float | None) -> int | None:
+    def target(self, tokens: float, b_simple: float, start_batch: int, budget: float | None,
+               measured_steps: int | None = None) -> int | None:
         chosen = None
         for at, batch in sorted(self.points):
             if tokens >= at:
@@ -82,7 +90,8 @@ def make_policy(spec) -> Policy:
     kind, _, rest = spec.partition(":")
     try:
         if kind == "gns":
-            names = {"k": "k", "min": "min_batch", "max": "max_batch", "warmup": "warmup_tokens"}
+            names = {"k": "k", "min": "min_batch", "max": "max_batch", "warmup": "warmup_tokens",
+                     "min_steps": "min_steps"}
             kwargs = {}
             for item in filter(None, rest.split(",")):
                 key, _, value = item.partition("=")

@@ -225,3 +225,30 @@ def test_compiled_model_matches_eager():
     assert _rel(out, f(x).detach()) <= 1e-6
     assert _rel(x2.grad, x1.grad) <= 1e-6
     assert _rel(m.weight.grad, g_eager) <= 1e-6
+
+
+def test_accumulated_micro_batches_match_torch_path():
+    """Gradient accumulation over micro-batches: the Triton path's statistics equal the PyTorch
+    path's (autograd adopts a returned gradient as .grad and adds into it in place; the kept
+    sums must not see that)."""
+    import copy
+
+    import hf_gns
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=50, hidden_size=40, intermediate_size=56, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2)
+    base = LlamaForCausalLM(config).to(DEVICE)
+    batches = [torch.randint(0, 50, (3, 5), device=DEVICE) for _ in range(3)]
+    results = {}
+    for kernel in ("torch", "triton"):
+        model = copy.deepcopy(base)
+        hf_gns.patch_model(model, kernel=kernel)
+        for ids in batches:
+            model(input_ids=ids, labels=ids).loss.backward()
+        results[kernel] = hf_gns.gather_stats(model)
+    for name, want in results["torch"].per_param.items():
+        got = results["triton"].per_param[name]
+        assert got.num_examples == want.num_examples == 9
+        assert abs(got.example_sq_norm_sum - want.example_sq_norm_sum) <= 1e-5 * want.example_sq_norm_sum
+        assert abs(got.batch_sq_norm - want.batch_sq_norm) <= 1e-5 * want.example_sq_norm_sum

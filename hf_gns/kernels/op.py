@@ -157,10 +157,10 @@ class _NormFunction(torch.autograd.Function):
             per_example = _per_example(partial, rows)  # [examples, 1 or 2, D]
             sums = per_example.sum(0)
             ctx.sink(per_example, sums)
-        dw = sums[0] if weight.dtype == torch.float32 else sums[0].to(weight.dtype)
-        db = None
-        if has_bias:
-            db = sums[1] if ctx.bias_dtype == torch.float32 else sums[1].to(ctx.bias_dtype)
+        # copies: autograd may adopt the returned tensor as .grad and add later micro-batches
+        # into it in place, which must not reach the sums the statistics keep
+        dw = sums[0].to(weight.dtype, copy=True)
+        db = sums[1].to(ctx.bias_dtype, copy=True) if has_bias else None
         return dx, dw, db, None, None, None
 
 

@@ -55,6 +55,9 @@ class GNSCallback(TrainerCallback):
             optimizer steps at the starting batch).
         lr_scaling: with a batch-size policy, scale the LR with the batch: "none",
             "sqrt" (Adam-family) or "linear".
+        full_model_every: every N optimizer steps, also measure the whole model's GNS and the
+            normalization layers' on the step's last micro-batch, exactly (one backward per
+            example; slow): ``gns/full_model_*`` keys, to check the norm-layer proxy.
         prefix: prefix of every logged key.
         history_file: name of the per-step JSON-lines history written to ``output_dir``
             on the main process (None to disable).
@@ -67,6 +70,7 @@ class GNSCallback(TrainerCallback):
         batch_size: Any = None,
         max_tokens: float | None = None,
         lr_scaling: str = "none",
+        full_model_every: int | None = None,
         prefix: str = "gns/",
         history_file: str | None = "gns_history.jsonl",
     ) -> None:
@@ -77,6 +81,9 @@ class GNSCallback(TrainerCallback):
         self.prefix = prefix
         self.history_file = history_file
         self.control = None if batch_size in (None, "none") else TrainerBatchControl(batch_size, max_tokens, lr_scaling)
+        self.full_model_every = full_model_every
+        self.full_trackers = {"full_model": GNSTracker(ema), "full_model_ln": GNSTracker(ema)}
+        self._full_values: dict[str, float] = {}
         self.trainer = None
         self.history: list[dict[str, float]] = []
         self._to_log: dict[str, float] = {}
@@ -111,6 +118,7 @@ class GNSCallback(TrainerCallback):
             reset_stats(model)
             for counter in pass_counters(model):
                 counter.take_positions()
+                counter.keep_inputs = bool(self.full_model_every)
         saved = self._load_checkpoint_state(args, state)
         if self.control is not None:
             self.control.on_train_begin(args, state, kwargs.get("lr_scheduler"),
@@ -127,6 +135,8 @@ class GNSCallback(TrainerCallback):
 
     # -- per step --------------------------------------------------------------------------
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.full_model_every and (state.global_step + 1) % self.full_model_every == 0:
+            self._measure_full_model()
         scaler = getattr(optimizer, "scaler", None)
         self._scale = 1.0
         if scaler is not None and scaler.is_enabled():
@@ -148,11 +158,34 @@ class GNSCallback(TrainerCallback):
         # GPU queue never drains and every rank decides on the same numbers)
         pending = gather_stats_async(model, reset=True)
         batch_values = self.control.log_values(self.prefix) if self.control is not None else {}
+        batch_values.update(self._full_values)
+        self._full_values = {}
         self._in_flight.append((state.global_step, pending, self._scale, self._skipped_step, batch_values))
         self._skipped_step = False
         self._resolve(upto=state.global_step - 1)
         if self.control is not None:
             self.control.on_step_end(args, state, control, self.tracker)
+
+    def _measure_full_model(self) -> None:
+        """Exact whole-model and norm-layer GNS on the last micro-batch (before the update)."""
+        from .full_model import per_example_gradient_stats, subset
+
+        model = self._model
+        inputs = next((c.last_inputs for c in pass_counters(model) if c.last_inputs), None) if model else None
+        if not inputs:
+            return
+        norm_names = [acc.name for _, st in patched_modules(model) for acc in st.accumulators.values()]
+        try:
+            stats = per_example_gradient_stats(model, inputs)
+            values = {}
+            for key, part in (("full_model", stats), ("full_model_ln", subset(stats, norm_names))):
+                est = estimate(part)
+                self.full_trackers[key].update(est)
+                values[f"{self.prefix}{key}_b_simple"] = self.full_trackers[key].b_simple
+                values[f"{self.prefix}{key}_step_b_simple"] = est.b_simple
+            self._full_values = values
+        except (NotEstimable, ValueError) as error:
+            logger.warning("hf_gns: whole-model measurement skipped: %s", error)
 
     def _resolve(self, upto: int) -> None:
         """Fold in the measurements of every step <= ``upto``, oldest first."""

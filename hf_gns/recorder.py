@@ -173,11 +173,18 @@ class PassCounter:
         self.host_tokens = 0.0
         self.device_tokens: list[torch.Tensor] = []
         self.positions = 0
+        self.paused = False
+        self.keep_inputs = False
+        self.last_inputs: dict | None = None
 
     def start_pass(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.paused:
+            return
         self.pass_id += 1
         self.layout = ExampleLayout(segment_starts=packed_segments(kwargs), batch_size=batch_size(args, kwargs))
         if module.training and torch.is_grad_enabled():
+            if self.keep_inputs:
+                self.last_inputs = dict(kwargs)
             self.positions += input_positions(args, kwargs)
             count = count_tokens(args, kwargs)
             if isinstance(count, torch.Tensor):

@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_tokens", type=float, default=None, help="token budget with a batch size policy")
     p.add_argument("--lr_scaling", default="none", choices=["none", "sqrt", "linear"], help="LR scaling on batch growth")
     p.add_argument("--no_report", action="store_true", help="skip the plots and the model card section at the end")
+    p.add_argument("--full_model_every", type=int, default=None,
+                   help="also measure the whole model's GNS exactly every N steps (slow diagnostic)")
     return p.parse_args(argv)
 
 
@@ -174,11 +176,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"hf_gns is not importable ({e}); install it or pass --no_gns") from e
 
         patched = hf_gns.patch_model(model, kernel=args.kernel)
-        if args.batch_size_policy == "none":
-            callbacks.append(hf_gns.GNSCallback())
-        else:
-            callbacks.append(hf_gns.GNSCallback(batch_size=args.batch_size_policy, max_tokens=args.max_tokens,
-                                                lr_scaling=args.lr_scaling))
+        policy = None if args.batch_size_policy == "none" else args.batch_size_policy
+        callbacks.append(hf_gns.GNSCallback(batch_size=policy, max_tokens=args.max_tokens, lr_scaling=args.lr_scaling,
+                                            full_model_every=args.full_model_every))
         if training_args.process_index == 0:
             print(f"hf_gns: patched {len(patched)} modules")
 

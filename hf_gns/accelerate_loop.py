@@ -31,7 +31,8 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from .batch_control import TokenClock, _token_lambda
+from .batch_control import TokenClock, refresh_lr, wrap_lambda_lr
+from .distributed import sum_over_ranks
 from .estimator import GNSTracker, NotEstimable, estimate
 from .patch import pass_counters, patch_model, patched_modules
 from .schedule import make_policy
@@ -72,6 +73,7 @@ class GNSLoop:
         self.history: list[dict[str, float]] = []
         self._in_flight: list[tuple[int, PendingStats, Any, dict]] = []
         self._scale: Any = 1.0
+        self._scheduler = None
 
     # -- data ------------------------------------------------------------------------------
     def groups(self, dataloader: Iterable) -> Iterator[list]:
@@ -114,19 +116,25 @@ class GNSLoop:
         return total
 
     # -- per optimizer step ----------------------------------------------------------------
-    def wrap_scheduler(self, scheduler) -> None:
-        """Make a LambdaLR (or accelerate's wrapper of one) count tokens instead of steps."""
-        inner = getattr(scheduler, "scheduler", scheduler)
-        if not isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
-            raise TypeError(f"wrap_scheduler needs a LambdaLR, got {type(inner).__name__}")
-        inner.lr_lambdas = [_token_lambda(fn, self.clock) for fn in inner.lr_lambdas]
+    def wrap_scheduler(self, scheduler, total_steps: int | None = None) -> None:
+        """Make a LambdaLR (or accelerate's wrapper of one) count tokens instead of steps.
+
+        With ``total_steps`` (the steps the schedule was built for) and ``max_tokens``, the
+        schedule spans the token budget exactly; otherwise one step is the first step's tokens.
+        """
+        inner = wrap_lambda_lr(scheduler, self.clock)
+        if inner is None:
+            raise TypeError(f"wrap_scheduler needs a LambdaLR, got {type(getattr(scheduler, 'scheduler', scheduler)).__name__}")
+        self._scheduler = inner
+        if total_steps is not None and self.max_tokens is not None:
+            self.clock.budget, self.clock.horizon = float(self.max_tokens), float(total_steps)
 
     def step(self) -> dict[str, float]:
         """Call after ``optimizer.step()``: count tokens, start this step's GNS reduction, read the
         previous one, and choose the next group's size. Returns the newest measured values."""
         self.steps += 1
         positions = sum(c.take_positions() for c in pass_counters(self.model))
-        step_tokens = positions * self.accelerator.num_processes
+        step_tokens = sum_over_ranks(positions)
         self.clock.tokens += step_tokens
         if self.clock.tokens_per_step0 is None and step_tokens:
             self.clock.tokens_per_step0 = step_tokens
@@ -167,6 +175,7 @@ class GNSLoop:
             if self.lr_scaling != "none":
                 power = 0.5 if self.lr_scaling == "sqrt" else 1.0
                 self.clock.lr_factor = (wanted / self.start_accumulation) ** power
+                refresh_lr(self._scheduler)  # the next step's LR was already set
 
     def _log_batch(self) -> dict[str, float]:
         p = self.prefix

@@ -22,6 +22,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 
+import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from .estimator import GNSTracker
@@ -35,13 +36,22 @@ LR_SCALINGS = ("none", "sqrt", "linear")
 
 @dataclass
 class TokenClock:
-    """Tokens consumed so far (global) and what a step meant at the start of training."""
+    """Tokens consumed so far (global) and how they map onto the LR schedule's step axis.
+
+    The schedule was built for ``horizon`` optimizer steps; a run with a token ``budget``
+    reads it at ``tokens / budget * horizon``, so warm-up and decay span the budget whatever
+    the batch does. Without a budget (or horizon), a step is what the first step consumed.
+    """
 
     tokens: float = 0.0
     tokens_per_step0: float | None = None
     lr_factor: float = 1.0
+    budget: float | None = None
+    horizon: float | None = None
 
     def step_equivalent(self, fallback_step: int) -> float:
+        if self.budget and self.horizon:
+            return self.tokens / self.budget * self.horizon
         if not self.tokens_per_step0:
             return fallback_step
         return self.tokens / self.tokens_per_step0
@@ -52,7 +62,37 @@ def _token_lambda(fn, clock: TokenClock):
     def lr_lambda(step: int) -> float:
         return fn(clock.step_equivalent(step)) * clock.lr_factor
 
+    lr_lambda.hf_gns_inner = fn
+    lr_lambda.hf_gns_clock = clock
     return lr_lambda
+
+
+def wrap_lambda_lr(scheduler, clock: TokenClock):
+    """Make a LambdaLR (or accelerate's wrapper of one) read ``clock``; returns the LambdaLR, or None.
+
+    The marks live on the wrapper functions, never in the scheduler's ``__dict__`` (which
+    ``LambdaLR.state_dict`` saves into every checkpoint). Wrapping again re-points to ``clock``.
+    """
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
+    if not isinstance(inner, LambdaLR):
+        return None
+    inner.__dict__.pop("_hf_gns_wrapped", None)  # (set by hf_gns 0.1 pre-releases)
+    inner.lr_lambdas = [_token_lambda(getattr(fn, "hf_gns_inner", fn), clock) for fn in inner.lr_lambdas]
+    return inner
+
+
+def refresh_lr(scheduler: LambdaLR | None) -> None:
+    """Re-evaluate a wrapped LambdaLR at its current position (after the clock's factor changed)."""
+    if scheduler is None:
+        return
+    step = scheduler.last_epoch
+    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 class TrainerBatchControl:
@@ -67,6 +107,8 @@ class TrainerBatchControl:
     def __init__(self, policy: Policy | str, max_tokens: float | None = None, lr_scaling: str = "none") -> None:
         if lr_scaling not in LR_SCALINGS:
             raise ValueError(f"lr_scaling must be one of {LR_SCALINGS}")
+        if max_tokens is not None and not max_tokens > 0:
+            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
         self.policy = make_policy(policy)
         self.max_tokens = max_tokens
         self.lr_scaling = lr_scaling
@@ -76,58 +118,88 @@ class TrainerBatchControl:
         self.pending: int | None = None
         self.micro_batch = 1  # examples per micro-batch, all ranks together
         self.micro_in_epoch = 0
-        self.budget: float | None = None
         self.changes: list[dict] = []
         self.trainer = None
+        self.scheduler: LambdaLR | None = None
         self._progress = None
+        self._micro_per_epoch: int | None = None
+        self._resume_micro: int | None = None
+        self._checked_data = False
+
+    @property
+    def budget(self) -> float | None:
+        """The token budget, once known (``max_tokens``, or after the first step)."""
+        return self.clock.budget
 
     # -- wiring ----------------------------------------------------------------------------
     def attach(self, trainer) -> None:
         self.trainer = trainer
 
-    def on_train_begin(self, args, state, lr_scheduler=None, callbacks=(), saved: dict | None = None) -> None:
+    def on_train_begin(self, args, state, lr_scheduler=None, callbacks=(), saved: dict | None = None,
+                       train_dataloader=None) -> None:
         """Start (or, with ``saved`` from a checkpoint, resume) controlling this run."""
         self.micro_batch = args.per_device_train_batch_size * max(1, args.world_size)
         self._progress = next((c for c in callbacks if hasattr(c, "training_bar")), None)
+        try:
+            self._micro_per_epoch = len(train_dataloader) if train_dataloader is not None else None
+        except TypeError:  # an iterable dataset
+            self._micro_per_epoch = None
         if saved is not None:
+            self._resume_micro = self._trainer_resume_position(args, state)
             self.load_state_dict(saved)
             self._restore(args, state)
         else:
             self.start_accumulation = self.accumulation = args.gradient_accumulation_steps
+            self.clock.horizon = float(state.max_steps) if state.max_steps and state.max_steps > 0 else None
+            self.clock.budget = self.max_tokens
         if lr_scheduler is not None:
             self._wrap_scheduler(lr_scheduler)
         if args.world_size > 1 and not args.dataloader_drop_last:
             logger.warning("hf_gns: batch-size control under several processes assumes every rank sees "
                            "micro-batches of one shape; set dataloader_drop_last=True")
 
+    def _trainer_resume_position(self, args, state) -> int:
+        """Micro-batches of the current epoch the Trainer skips on resume (its own arithmetic)."""
+        if args.ignore_data_skip:
+            return 0
+        ga = args.gradient_accumulation_steps  # the Trainer computed its skip with the starting count
+        if self._micro_per_epoch:
+            per_epoch = max(self._micro_per_epoch // ga + int(self._micro_per_epoch % ga > 0), 1)
+        else:
+            per_epoch = max(args.max_steps, 1)
+        return (state.global_step % per_epoch) * ga
+
     def _wrap_scheduler(self, scheduler) -> None:
-        inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
-        if not isinstance(inner, LambdaLR):
+        inner = wrap_lambda_lr(scheduler, self.clock)
+        if inner is None:
             logger.warning("hf_gns: the LR scheduler (%s) is not a LambdaLR; it keeps counting optimizer steps",
-                           type(inner).__name__)
-            return
-        if getattr(inner, "_hf_gns_wrapped", False):
-            return
-        inner.lr_lambdas = [_token_lambda(fn, self.clock) for fn in inner.lr_lambdas]
-        inner._hf_gns_wrapped = True
+                           type(getattr(scheduler, "scheduler", scheduler)).__name__)
+        self.scheduler = inner
 
     # -- per step --------------------------------------------------------------------------
     def on_epoch_begin(self) -> None:
-        self.micro_in_epoch = 0
+        if self._resume_micro is not None:  # the epoch the Trainer resumes in, part-consumed
+            self.micro_in_epoch, self._resume_micro = self._resume_micro, None
+        else:
+            self.micro_in_epoch = 0
 
     def on_substep_end(self) -> None:
         self.micro_in_epoch += 1
 
     def on_optimizer_step(self, step_tokens: float) -> None:
-        """Count this step's tokens before the LR scheduler reads the clock."""
+        """Count this step's (global) tokens before the LR scheduler reads the clock."""
         self.clock.tokens += step_tokens
         if self.clock.tokens_per_step0 is None and step_tokens > 0:
             self.clock.tokens_per_step0 = step_tokens
+            if self.clock.budget is None:
+                steps = self.clock.horizon or 1.0
+                self.clock.budget = steps * step_tokens
 
     def on_step_end(self, args, state, control, tracker: GNSTracker) -> None:
         self.micro_in_epoch += 1
-        if self.budget is None and self.clock.tokens_per_step0:
-            self.budget = self.max_tokens or state.max_steps * self.clock.tokens_per_step0
+        if not self._checked_data:
+            self._checked_data = True
+            self._check_budget_fits_data(state)
         target = self.policy.target(self.clock.tokens, tracker.b_simple,
                                     self.micro_batch * self.start_accumulation, self.budget, tracker.steps)
         if target is not None:
@@ -136,10 +208,24 @@ class TrainerBatchControl:
                 self.pending = wanted
         if self.pending is not None and self.micro_in_epoch % self.pending == 0:
             self._apply(args, state, self.pending)
-        if self.budget is not None:
+        if self.budget is not None and self.clock.tokens_per_step0:
             if self.clock.tokens >= self.budget:
                 control.should_training_stop = True
             self._update_max_steps(state)
+
+    def _check_budget_fits_data(self, state) -> None:
+        """Warn when the Trainer's planned epochs hold fewer tokens than the budget."""
+        epochs = getattr(state, "num_train_epochs", None)
+        if not (self.budget and self._micro_per_epoch and epochs and self.clock.tokens_per_step0):
+            return
+        per_micro = self.clock.tokens_per_step0 / self.start_accumulation
+        planned = epochs * self._micro_per_epoch * per_micro
+        if self.budget > planned * (1 + 1e-9):
+            logger.warning(
+                "hf_gns: the token budget (%.4g tokens) is more than the %d epoch(s) the Trainer planned hold "
+                "(about %.4g tokens): training ends with the data, at about %.0f%% of the budget. Raise max_steps "
+                "(or num_train_epochs) so that the planned epochs cover max_tokens.",
+                self.budget, epochs, planned, 100 * planned / self.budget)
 
     def _apply(self, args, state, accumulation: int) -> None:
         old = self.accumulation
@@ -149,6 +235,7 @@ class TrainerBatchControl:
         if self.lr_scaling != "none":
             power = 0.5 if self.lr_scaling == "sqrt" else 1.0
             self.clock.lr_factor = (accumulation / self.start_accumulation) ** power
+            refresh_lr(self.scheduler)  # the scheduler already set the next step's LR
         self.changes.append({"step": state.global_step, "tokens": self.clock.tokens,
                              "accumulation_steps": accumulation, "batch_size": self.batch_size})
         logger.info("hf_gns: step %d, %.4g tokens: gradient accumulation %d -> %d (global batch %d)",
@@ -179,15 +266,18 @@ class TrainerBatchControl:
     def state_dict(self) -> dict:
         return {"clock": asdict(self.clock), "accumulation": self.accumulation, "pending": self.pending,
                 "start_accumulation": self.start_accumulation, "micro_in_epoch": self.micro_in_epoch,
-                "budget": self.budget, "changes": self.changes}
+                "changes": self.changes}
 
     def load_state_dict(self, data: dict) -> None:
-        self.clock.tokens = data["clock"]["tokens"]
-        self.clock.tokens_per_step0 = data["clock"]["tokens_per_step0"]
-        self.clock.lr_factor = data["clock"]["lr_factor"]
+        clock = data["clock"]
+        self.clock.tokens = clock["tokens"]
+        self.clock.tokens_per_step0 = clock["tokens_per_step0"]
+        self.clock.lr_factor = clock["lr_factor"]
+        self.clock.budget = clock.get("budget", data.get("budget"))
+        self.clock.horizon = clock.get("horizon")
         self.accumulation, self.pending = data["accumulation"], data["pending"]
         self.start_accumulation = data["start_accumulation"]
-        self.micro_in_epoch, self.budget, self.changes = data["micro_in_epoch"], data["budget"], data["changes"]
+        self.micro_in_epoch, self.changes = data["micro_in_epoch"], data["changes"]
 
     def _restore(self, args, state) -> None:
         """Continue a resumed run with the accumulation count its checkpoint had."""

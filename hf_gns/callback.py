@@ -22,6 +22,7 @@ from transformers.trainer_callback import CallbackHandler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .batch_control import STATE_FILE, TrainerBatchControl, load_state, save_state
+from .distributed import sum_over_ranks
 from .estimator import GNSTracker, NotEstimable, estimate, estimate_per_param
 from .patch import pass_counters, patch_model, patched_modules
 from .stats import PendingStats, gather_stats_async, reset_stats
@@ -123,7 +124,8 @@ class GNSCallback(TrainerCallback):
         if self.control is not None:
             self.control.on_train_begin(args, state, kwargs.get("lr_scheduler"),
                                         handler.callbacks if handler is not None else (),
-                                        saved.get("batch_control") if saved else None)
+                                        saved.get("batch_control") if saved else None,
+                                        kwargs.get("train_dataloader"))
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.control is not None:
@@ -147,8 +149,9 @@ class GNSCallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         self._skipped_step = bool(getattr(optimizer, "step_was_skipped", False))
         if self.control is not None and self._model is not None:
+            # every rank counts its own input positions; the sum keeps all ranks' LR and budget equal
             positions = sum(c.take_positions() for c in pass_counters(self._model))
-            self.control.on_optimizer_step(positions * max(1, args.world_size))
+            self.control.on_optimizer_step(sum_over_ranks(positions))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         model = model if model is not None else self._model

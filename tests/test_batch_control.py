@@ -14,7 +14,6 @@ boundaries, token clock, token budget), not from the library's code:
 * under DDP (2 gloo processes under torchrun, `ddp_trainer_worker.py`) both ranks log the same
   decisions and GNS and end with bit-identical parameters.
 
-Library bugs found here are strict xfails whose reason names the file, the cause and a fix.
 """
 
 from __future__ import annotations
@@ -498,18 +497,12 @@ def sqrt_scaled_run(tmp_path):
 
 def test_lr_scaling_sqrt_multiplies_lr_by_sqrt_of_batch_ratio(tmp_path):
     got, want, first = sqrt_scaled_run(tmp_path)
-    # from the second step at each batch on (the first one: the xfail below)
+    assert first, "the batch never changed"
+    # every step, the first one at each new batch included
     for i, (g, w) in enumerate(zip(got, want)):
-        if i not in first:
-            assert g == pytest.approx(w, rel=1e-9), (i, got, want)
+        assert g == pytest.approx(w, rel=1e-9), (i, got, want)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hf_gns/batch_control.py TrainerBatchControl._apply sets clock.lr_factor in on_step_end, after the "
-    "Trainer's lr_scheduler.step() has already set the LR of the next step: the first optimizer step at a new "
-    "batch runs with the previous batch's LR factor (the new factor only arrives one step later). Fix: in "
-    "_apply, re-evaluate the wrapped LambdaLR at its last_epoch (group['lr'] = base_lr * lr_lambda(last_epoch), "
-    "and scheduler._last_lr) right after changing lr_factor."))
 def test_lr_scaling_sqrt_applies_from_the_first_step_at_the_new_batch(tmp_path):
     got, want, first = sqrt_scaled_run(tmp_path)
     assert [got[i] for i in first] == pytest.approx([want[i] for i in first], rel=1e-9), (got, want)
@@ -558,13 +551,6 @@ def test_max_steps_tracks_remaining_budget_with_growing_batch(tmp_path):
     assert trainer.state.global_step == trainer.state.max_steps == rec.steps[-1]["step"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hf_gns/batch_control.py _token_lambda / TokenClock.step_equivalent: the LR schedule reads "
-    "tokens / tokens_per_step0, so it spans max_steps * tokens_per_step0 tokens (the scheduler's horizon), "
-    "not the max_tokens budget: with max_tokens beyond that the LR reaches 0 early and the rest of the budget "
-    "trains at LR 0 (here steps 4-8 of 8); with a smaller budget it never decays. Fix: read the schedule in "
-    "fractions of the budget, step_equivalent = tokens / budget * horizon (horizon = max_steps the scheduler "
-    "was built with), which equals tokens / tokens_per_step0 for the default budget."))
 def test_lr_schedule_spans_the_max_tokens_budget(tmp_path):
     dataset = SeqDataset(96, SEQ, SEQ)
     M, lr = PER_MICRO * 7 + 5, 1e-3
@@ -577,12 +563,6 @@ def test_lr_schedule_spans_the_max_tokens_budget(tmp_path):
         assert e["learning_rate"] == pytest.approx(lr * (1 - before / M), rel=1e-9), e["step"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hf_gns: a max_tokens budget beyond the data the Trainer planned (num_train_epochs is fixed at train start "
-    "from args.max_steps) is silently not reached: the epoch loop ends first (here at 192 of 288 tokens, "
-    "state.max_steps left at 12 for a run that stopped at step 8) with no warning. Fix: at the first step, when "
-    "budget > state.num_train_epochs * micro-batches per epoch * tokens per micro-batch, warn (or raise) that "
-    "max_steps / num_train_epochs must cover the budget."))
 def test_budget_beyond_planned_epochs_is_reached_or_reported(tmp_path, caplog):
     dataset = SeqDataset(16, SEQ, SEQ)             # 8 micro-batches per epoch
     M = PER_MICRO * 12                             # needs 12 steps; max_steps=4 plans one epoch
@@ -626,28 +606,10 @@ def run_interrupted(tmp_path, dataset, init, stop_at, save_steps, **over):
     return trainer, gns, rec
 
 
-EPOCH_RESET_BUG = (
-    "hf_gns/batch_control.py TrainerBatchControl.on_epoch_begin resets micro_in_epoch to 0, and the Trainer "
-    "calls on_epoch_begin again when it resumes mid-epoch, after on_train_begin restored the checkpoint's "
-    "count: the library then counts micro-batches from the resume point while the Trainer's do_sync_step "
-    "counts from the epoch start. With S=3 the change to GA 2 lands after micro-batch 5 of the epoch (the "
-    "uninterrupted run: after 6): a 1-micro-batch group normalized for 2, and every later step differs. "
-    "Fix: on the first on_epoch_begin after a resume keep the restored count (or set it to the Trainer's "
-    "(global_step % num_update_steps_per_epoch) * start_accumulation) instead of 0.")
-WRAP_FLAG_BUG = (
-    "hf_gns/batch_control.py TrainerBatchControl._wrap_scheduler marks the scheduler with "
-    "`_hf_gns_wrapped = True` in its __dict__; LambdaLR.state_dict saves every __dict__ entry, so "
-    "scheduler.pt carries the flag, the resumed Trainer's fresh LambdaLR gets it back from load_state_dict "
-    "before on_train_begin, and _wrap_scheduler then skips wrapping: after a resume the LR schedule counts "
-    "optimizer steps again instead of tokens. Fix: mark the wrapper functions themselves (e.g. an attribute on "
-    "the lr_lambda closures, checked per lambda) or keep the wrapped schedulers in the control, not in the "
-    "scheduler's __dict__.")
-
-
 @pytest.mark.parametrize("S,schedule", [
     (4, "constant"),
-    pytest.param(3, "constant", marks=pytest.mark.xfail(strict=True, reason=EPOCH_RESET_BUG)),
-    pytest.param(4, "linear", marks=pytest.mark.xfail(strict=True, reason=WRAP_FLAG_BUG)),
+    (3, "constant"),      # resumed mid-group of the later count: the epoch's micro-batch count is restored
+    (4, "linear"),        # the LR lambdas are wrapped again on the resumed scheduler
 ])
 def test_resume_before_a_change_continues_the_uninterrupted_run(tmp_path, S, schedule):
     dataset = SeqDataset(96)
@@ -827,15 +789,6 @@ def test_ddp_trainer_ranks_take_the_same_decisions_and_stay_in_sync(ddp_runs):
     assert r0["global_step"] == r0["max_steps"] == len(steps)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hf_gns/callback.py GNSCallback.on_optimizer_step feeds the token clock with this rank's input positions "
-    "times the world size (batch_control.py module docstring: 'all ranks see micro-batches of one shape'). "
-    "With dynamic padding (the usual DataCollatorWithPadding / per-batch padding) ranks pad to different "
-    "lengths, so each rank's clock differs: each rank's LambdaLR gives a different LR, and the DDP replicas "
-    "silently diverge (here from step 1); a budget, LinearSchedule or StepSchedule decision could also differ "
-    "between ranks and deadlock the collectives. The only guard is a warning when dataloader_drop_last is "
-    "False. Fix: all-reduce the step's position count in on_optimizer_step (one int64, before the scheduler "
-    "reads the clock), or raise when ranks disagree on it."))
 def test_ddp_trainer_dynamic_padding_keeps_lr_and_replicas_in_sync(ddp_runs):
     r0, r1 = ddp_runs["varlen"]
     assert r0["world"] == r1["world"] == 2

@@ -75,7 +75,7 @@ def main(argv=None) -> None:
                           accumulation_steps=args.accumulation_steps, max_tokens=args.max_tokens,
                           lr_scaling=args.lr_scaling)
     loop.set_prepared_model(model)
-    loop.wrap_scheduler(scheduler)
+    loop.wrap_scheduler(scheduler, total_steps=total_steps0)  # the schedule spans max_tokens
 
     os.makedirs(args.output_dir, exist_ok=True)
     log_path = os.path.join(args.output_dir, "gns_log.jsonl")

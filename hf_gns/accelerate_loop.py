@@ -74,6 +74,8 @@ class GNSLoop:
         self._in_flight: list[tuple[int, PendingStats, Any, dict]] = []
         self._scale: Any = 1.0
         self._scheduler = None
+        self._group_size = accumulation_steps
+        self._tokens_counted = False
 
     # -- data ------------------------------------------------------------------------------
     def groups(self, dataloader: Iterable) -> Iterator[list]:
@@ -90,11 +92,22 @@ class GNSLoop:
     def micro_batches(self, group: list) -> Iterator[tuple[Any, contextlib.AbstractContextManager]]:
         """(batch, context): gradients are all-reduced on the group's last micro-batch only."""
         self._scale = self._loss_scale()
+        self._group_size = len(group)
         for i, batch in enumerate(group):
             last = i == len(group) - 1
             yield batch, contextlib.nullcontext() if last else self.accelerator.no_sync(self.model_for_sync)
         if self.micro_batch is None:
             self.micro_batch = _batch_rows(group[0]) * self.accelerator.num_processes
+        self._count_tokens()  # before the optimizer and LR scheduler steps read the clock
+
+    def _count_tokens(self) -> None:
+        """Add the group's input positions, summed over ranks, to the token clock."""
+        positions = sum(c.take_positions() for c in pass_counters(self.model))
+        step_tokens = sum_over_ranks(positions)
+        self.clock.tokens += step_tokens
+        if self.clock.tokens_per_step0 is None and step_tokens:
+            self.clock.tokens_per_step0 = step_tokens
+        self._tokens_counted = True
 
     @property
     def model_for_sync(self) -> nn.Module:
@@ -133,11 +146,9 @@ class GNSLoop:
         """Call after ``optimizer.step()``: count tokens, start this step's GNS reduction, read the
         previous one, and choose the next group's size. Returns the newest measured values."""
         self.steps += 1
-        positions = sum(c.take_positions() for c in pass_counters(self.model))
-        step_tokens = sum_over_ranks(positions)
-        self.clock.tokens += step_tokens
-        if self.clock.tokens_per_step0 is None and step_tokens:
-            self.clock.tokens_per_step0 = step_tokens
+        if not self._tokens_counted:  # the group's micro-batches were not iterated to the end
+            self._count_tokens()
+        self._tokens_counted = False
         skipped = bool(getattr(self.accelerator, "optimizer_step_was_skipped", False))
         pending = gather_stats_async(self.model)
         self._in_flight.append((self.steps, pending, self._scale if not skipped else None, self._log_batch()))
@@ -178,8 +189,10 @@ class GNSLoop:
                 refresh_lr(self._scheduler)  # the next step's LR was already set
 
     def _log_batch(self) -> dict[str, float]:
+        """The step just taken: its micro-batches (the last group of the data may be short)."""
         p = self.prefix
-        return {p + "batch_size": float(self.batch_size or 0), p + "accumulation_steps": float(self.accumulation),
+        rows = self.micro_batch or 0
+        return {p + "batch_size": float(rows * self._group_size), p + "accumulation_steps": float(self._group_size),
                 p + "tokens": self.clock.tokens}
 
     def _resolve(self, upto: int) -> None:

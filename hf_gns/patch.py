@@ -99,7 +99,7 @@ class PatchedNorm:
         pass_id = self.counter.pass_id
         targets = [self.accumulators[n] if n in trainable else None for n in ("weight", "bias")]
 
-        def sink(per_example: torch.Tensor, sums: torch.Tensor) -> None:
+        def sink(per_example: torch.Tensor, sums: tuple) -> None:
             for k in range(per_example.shape[1]):
                 if targets[k] is not None:
                     targets[k].add(per_example[:, k], pass_id, sums[k])

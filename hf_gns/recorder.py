@@ -20,9 +20,10 @@ class ParamAccumulator:
     """Per-example gradients of one parameter since the last reset.
 
     A backward's per-example vectors (``[B, numel]`` float32) are kept as they arrive,
-    summed over repeated calls within one forward pass, and set aside once the pass's
-    gradient is complete. All squaring and reduction is left to `gather_stats`, which
-    does it for every parameter at once: no per-layer work or host sync here.
+    summed over repeated calls within one forward pass (ALBERT's shared layer), and set
+    aside when a call of another forward pass arrives or the statistics are gathered. All
+    squaring and reduction is left to `gather_stats`, which does it for every parameter at
+    once: no per-layer work, hook or host sync here.
     """
 
     def __init__(self, name: str, param: nn.Parameter) -> None:
@@ -35,24 +36,15 @@ class ParamAccumulator:
         self.finished_sums: list[torch.Tensor] = []
         self.num_examples = 0
         self.problems: list[str] = []
-        self.hook = None
-        self._watch_grad()
-
-    def _watch_grad(self) -> None:
-        """Finalize when the parameter's gradient of a backward is complete (if it trains)."""
-        if self.hook is None and self.param.requires_grad:
-            self.hook = self.param.register_post_accumulate_grad_hook(lambda _: self.finalize())
 
     def add(self, per_example: torch.Tensor, pass_id: int, total: torch.Tensor | None = None) -> None:
         """Add one call's per-example gradients (``[B, *param.shape]``) for forward pass ``pass_id``.
 
-        ``total`` is their sum over examples, when the caller has it already.
+        ``total`` is their sum over examples (float32, flat), when the caller has it already.
         """
-        self._watch_grad()
-        vectors = per_example.reshape(per_example.shape[0], -1)
+        vectors = per_example if per_example.dim() == 2 else per_example.reshape(per_example.shape[0], -1)
         if vectors.dtype != torch.float32:
             vectors = vectors.float()
-        total = total.reshape(-1) if total is not None else None
         if self.pending is not None and self.pending_pass != pass_id:
             self.finalize()
         if self.pending is None:
@@ -67,7 +59,7 @@ class ParamAccumulator:
             self.pending_sum = self.pending_sum + total if self.pending_sum is not None and total is not None else None
 
     def finalize(self) -> None:
-        """Set aside the (summed) per-example vectors of the last backward."""
+        """Set aside the (summed) per-example vectors of the last forward pass."""
         if self.pending is None:
             return
         self.finished.append(self.pending)
@@ -90,8 +82,7 @@ class ParamAccumulator:
         self.problems = []
 
     def remove(self) -> None:
-        if self.hook is not None:
-            self.hook.remove()
+        """Kept for API stability: nothing is registered on the parameter any more."""
 
 
 @dataclass(frozen=True)
@@ -127,9 +118,17 @@ class ExampleLayout:
     segment_starts: list[int] | None = None
     batch_size: int | None = None
     _device_cache: dict = field(default_factory=dict)
+    _spec_cache: dict = field(default_factory=dict)
 
     def spec_for(self, x: torch.Tensor) -> ExampleSpec | str:
-        """The example structure of ``x``, or why it cannot be found."""
+        """The example structure of ``x``, or why it cannot be found (memoized per shape)."""
+        shape = x.shape
+        spec = self._spec_cache.get(shape)
+        if spec is None:
+            spec = self._spec_cache[shape] = self._find_spec(x)
+        return spec
+
+    def _find_spec(self, x: torch.Tensor) -> ExampleSpec | str:
         if x.dim() < 2:
             return f"input of shape {tuple(x.shape)} has no batch dimension"
         if self.segment_starts is not None:

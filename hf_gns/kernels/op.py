@@ -149,23 +149,31 @@ class _NormFunction(torch.autograd.Function):
         cfg, rows = ctx.cfg, ctx.rows
         has_bias = ctx.bias_dtype is not None
         per_row_block = rows.rows_per_example if rows is not None else x2d.shape[0]
-        dx, partial = K.norm_backward(dy.contiguous(), x2d, weight, mean, rstd, has_bias, cfg.centered,
-                                      cfg.offset, cfg.round_to, per_row_block, rows.items if rows else None)
-        if rows is None:
-            sums = partial.sum(0)
+        dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+        dx, partial = K.norm_backward(dy, x2d, weight, mean, rstd, has_bias, cfg.centered, cfg.offset,
+                                      cfg.round_to, per_row_block, rows.items if rows else None)
+        per_example = partial if rows is None else _per_example(partial, rows)  # [examples, 1 or 2, D]
+        grads = per_example.sum(0)
+        if weight.dtype == torch.float32 and ctx.bias_dtype in (None, torch.float32):
+            # the very view objects the statistics keep are returned: autograd sees them referenced
+            # and copies instead of adopting them as .grad (later micro-batches are added into
+            # .grad in place, which must not reach the kept sums)
+            dw, db = grads[0], grads[1] if has_bias else None
+            kept = (dw, db)
         else:
-            per_example = _per_example(partial, rows)  # [examples, 1 or 2, D]
-            sums = per_example.sum(0)
-            ctx.sink(per_example, sums)
-        # copies: autograd may adopt the returned tensor as .grad and add later micro-batches
-        # into it in place, which must not reach the sums the statistics keep
-        dw = sums[0].to(weight.dtype, copy=True)
-        db = sums[1].to(ctx.bias_dtype, copy=True) if has_bias else None
+            kept = (grads[0], grads[1] if has_bias else None)
+            low = grads.to(weight.dtype)
+            dw = low[0]
+            db = (low[1] if ctx.bias_dtype == weight.dtype else grads[1].to(ctx.bias_dtype)) if has_bias else None
+        if rows is not None:
+            ctx.sink(per_example, kept)
         return dx, dw, db, None, None, None
 
 
 def _per_example(partial: torch.Tensor, rows: ExampleRows) -> torch.Tensor:
     if rows.items is None:
+        if partial.shape[0] == rows.num_examples:  # one work item per example
+            return partial
         return partial.view(rows.num_examples, -1, *partial.shape[1:]).sum(1)
     out = partial.new_zeros(rows.num_examples, *partial.shape[1:])
     return out.index_add_(0, rows.item_example, partial)
@@ -177,24 +185,45 @@ def triton_norm(module: nn.Module, plan: NormPlan, x: torch.Tensor, sink: Callab
 
     With ``sink`` and ``spec`` (an `ExampleSpec`), each backward hands
     ``sink(per_example, sums)`` the per-example gradients ``[examples, 1 or 2, D]`` (weight,
-    then bias) and their sum over examples.
+    then bias, float32) and their sums over examples (a tuple of float32 ``[D]``, None for a
+    missing bias).
     """
-    weight = module.weight
-    bias = module.bias if plan.formula.has_bias else None
+    params = module._parameters
+    weight = params["weight"]
+    bias = params.get("bias") if plan.formula.has_bias else None
     D = weight.shape[-1]
     if weight.dim() != 1 or x.shape[-1] != D or D > K.MAX_D:
         raise ValueError(f"unsupported shapes for the Triton norm: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
-    cfg = kernel_config(plan.formula, plan.eps, x, weight)
-    recording = sink is not None and spec is not None and not torch.compiler.is_compiling()
+    cfg = _cached_config(plan, x, weight)
+    if torch.compiler.is_compiling():
+        x2d = x.reshape(-1, D)
+        if x2d.stride(-1) != 1:
+            x2d = x2d.contiguous()
+        y, _, _ = norm_fwd(x2d, weight, bias, cfg.eps, cfg.centered, cfg.offset, cfg.round_to, cfg.out_dtype)
+        return y.view(x.shape)
+    recording = sink is not None and spec is not None
     moved = recording and spec.dim != spec.canonical_dim
     xc = x.movedim(spec.dim, spec.canonical_dim) if moved else x
     x2d = xc.reshape(-1, D)
     if x2d.stride(-1) != 1 or (moved and not x2d.is_contiguous()):
         x2d = x2d.contiguous()
-    if torch.compiler.is_compiling():
-        y, _, _ = norm_fwd(x2d, weight, bias, cfg.eps, cfg.centered, cfg.offset, cfg.round_to, cfg.out_dtype)
-        return y.view(x.shape)
-    rows = example_rows(xc, x2d.shape[0], spec, getattr(sink, "layout", None)) if recording else None
+    rows = example_rows(xc, x2d.shape[0], spec, sink.layout) if recording else None
     y = _NormFunction.apply(x2d, weight, bias, cfg, rows, sink if recording else None)
     y = y.view(xc.shape)
     return y.movedim(spec.canonical_dim, spec.dim) if moved else y
+
+
+_CONFIGS: dict = {}
+
+
+def _cached_config(plan: NormPlan, x: torch.Tensor, weight: torch.Tensor) -> KernelConfig:
+    """`kernel_config`, memoized on everything it reads (formula, eps, dtypes, autocast state)."""
+    device_type = x.device.type
+    autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    key = (plan.formula, plan.eps, x.dtype, weight.dtype, device_type, autocast)
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        if len(_CONFIGS) > 256:
+            _CONFIGS.clear()
+        cfg = _CONFIGS[key] = kernel_config(plan.formula, plan.eps, x, weight)
+    return cfg

@@ -62,6 +62,9 @@ class GNSCallback(TrainerCallback):
         prefix: prefix of every logged key.
         history_file: name of the per-step JSON-lines history written to ``output_dir``
             on the main process (None to disable).
+        model_card: at the end of training, add a "Gradient noise scale" section (and, with
+            matplotlib, ``gns.png`` / ``batch_size.png`` / ``loss.png``) to ``output_dir/README.md``.
+            ``Trainer.create_model_card`` rewrites that file: run ``hf-gns card OUTPUT_DIR`` after it.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class GNSCallback(TrainerCallback):
         full_model_every: int | None = None,
         prefix: str = "gns/",
         history_file: str | None = "gns_history.jsonl",
+        model_card: bool = True,
     ) -> None:
         self.tracker = GNSTracker(ema)
         self.layer_trackers: dict[str, GNSTracker] = {}
@@ -81,6 +85,8 @@ class GNSCallback(TrainerCallback):
         self.log_layers = log_layers
         self.prefix = prefix
         self.history_file = history_file
+        self.model_card = model_card
+        self.card_path: str | None = None
         self.control = None if batch_size in (None, "none") else TrainerBatchControl(batch_size, max_tokens, lr_scaling)
         self.full_model_every = full_model_every
         self.full_trackers = {"full_model": GNSTracker(ema), "full_model_ln": GNSTracker(ema)}
@@ -280,6 +286,29 @@ class GNSCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._resolve(upto=state.global_step)
         self._write_history(args, state)
+        if self.model_card and state.is_world_process_zero and args.output_dir and self.history:
+            self.card_path = self._write_model_card(args.output_dir, state.log_history)
+
+    def _write_model_card(self, output_dir: str, log_history: list[dict]) -> str | None:
+        """Plots (when matplotlib is there) and the model card's GNS section; never fails the run."""
+        from .model_card import update_model_card
+
+        plot_path = None
+        try:
+            from .plot import merge_rows, plot_runs
+
+            run = merge_rows(os.path.basename(os.path.abspath(output_dir)), output_dir, log_history, self.history)
+            plots = plot_runs([run], output_dir)
+            plot_path = next((p for p in plots if p.endswith("gns.png")), None)
+        except ImportError:
+            logger.info("hf_gns: matplotlib is not installed; the model card gets no plot")
+        except Exception as error:  # a report must not crash a finished run
+            logger.warning("hf_gns: could not draw the GNS plots: %s", error)
+        try:
+            return update_model_card(output_dir, self.history, plot_path=plot_path)
+        except Exception as error:
+            logger.warning("hf_gns: could not write the model card section: %s", error)
+            return None
 
     @property
     def last(self) -> dict[str, float]:

@@ -174,6 +174,21 @@ def load_run(run_dir: str, name: str | None = None) -> RunLog:
     return RunLog(name or run_name(run_dir), run_dir, [merged[s] for s in sorted(merged)], paths)
 
 
+def merge_rows(name: str, path: str, *histories: Iterable[dict[str, Any]]) -> RunLog:
+    """A `RunLog` from in-memory log rows (e.g. ``state.log_history`` and `GNSCallback.history`),
+    merged by optimizer step; later histories win on a conflict."""
+    merged: dict[int, dict[str, float]] = {}
+    for history in histories:
+        for row in history:
+            if isinstance(row, dict) and _finite(row.get("step")):
+                step = int(row["step"])
+                merged.setdefault(step, {}).update(_numeric(row))
+                merged[step]["step"] = float(step)
+    if not merged:
+        raise RunLogError(f"no logged steps for {name}")
+    return RunLog(name, path, [merged[s] for s in sorted(merged)], ["memory"])
+
+
 def common_axis(runs: Sequence[RunLog]) -> str:
     """The best x axis every run has: tokens, else examples, else steps."""
     return max((run.axis for run in runs), key=AXES.index)

@@ -268,3 +268,25 @@ def test_packed_sequences_in_trainer_count_sequences(tmp_path):
         tokens = sum(len(dataset.items[i]) for i in range(4 * k, 4 * k + 4))
         if e["gns/g2"] > 0:
             assert e["gns/b_simple_tokens"] == pytest.approx(e["gns/b_simple"] * tokens / 4, rel=1e-9)
+
+
+def test_model_card_and_plots_written_at_train_end(tmp_path):
+    dataset = TokenDataset(24)
+    gns = hf_gns.GNSCallback()
+    trainer = train(tmp_path, dataset, callbacks=[gns], steps=6)
+    out = tmp_path
+    card = (out / "README.md").read_text()
+    assert gns.card_path == str(out / "README.md")
+    assert "## Gradient noise scale" in card and "gns.png" in card
+    final = [h["gns/b_simple"] for h in gns.history if "gns/b_simple" in h][-1]
+    from hf_gns.model_card import fmt_number
+
+    assert f"| Final B_simple (examples) | {fmt_number(final)} |" in card
+    for name in ("gns.png", "loss.png"):
+        assert (out / name).stat().st_size > 1000
+    assert len(step_logs(trainer)) == 6
+
+
+def test_model_card_can_be_turned_off(tmp_path):
+    train(tmp_path, TokenDataset(16), callbacks=[hf_gns.GNSCallback(model_card=False)], steps=3)
+    assert not (tmp_path / "README.md").exists()

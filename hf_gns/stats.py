@@ -83,9 +83,11 @@ class PendingStats:
     gather after step k and read it during step k+1 without ever stalling the GPU queue.
     """
 
-    def __init__(self, names, counts, values, event, world, problems) -> None:
+    def __init__(self, names, counts, values, event, world, problems, host_tokens: float = 0.0,
+                 has_device_tokens: bool = True) -> None:
         self._names, self._counts, self._values = names, counts, values
         self._event, self._world, self._problems = event, world, problems
+        self._host_tokens, self._has_device_tokens = host_tokens, has_device_tokens
         self._result: GradientStats | None = None
 
     def ready(self) -> bool:
@@ -103,13 +105,14 @@ class PendingStats:
         n, world = len(self._names), self._world
         values = self._values.tolist()
         counts = values[2 * n + 1 :] if self._counts is None else self._counts
+        tokens = self._host_tokens + (values[2 * n] if self._has_device_tokens else 0.0)
         per_param = {}
         for i, name in enumerate(self._names):
             if counts[i] > 0:
                 per_param[name] = ParamStats(int(round(counts[i])), values[i] / world**2, values[n + i] / world**2)
         total = _total(per_param, problems)
         warn_problems(problems)
-        return GradientStats(per_param=per_param, total=total, problems=tuple(problems), tokens=values[2 * n])
+        return GradientStats(per_param=per_param, total=total, problems=tuple(problems), tokens=tokens)
 
 
 def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True) -> PendingStats:
@@ -130,33 +133,43 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
     device = _stats_device(accs, tokens, world)
     n = len(accs)
     counts = [float(acc.num_examples) for acc in accs]
-    zeros = torch.zeros(n, dtype=torch.float64, device=device)
-
     vectors = [v for acc in accs for v in acc.finished]
-    owners = [i for i, acc in enumerate(accs) for _ in acc.finished]
-    example_sq = zeros.clone()
-    if vectors:
-        norms = torch.stack(torch._foreach_norm(vectors)).to(device=device, dtype=torch.float64)
-        example_sq.index_add_(0, _index(tuple(owners), device), norms.pow(2))
-    token_total = torch.full((), host_tokens, dtype=torch.float64, device=device)
-    if tokens:
-        token_total = token_total + torch.stack([t.to(device=device, dtype=torch.float64) for t in tokens]).sum()
+    owners = tuple(i for i, acc in enumerate(accs) for _ in acc.finished)
     sums = [acc.grad_sum() for acc in accs]
     sums = [s if s is not None else torch.zeros(acc.param.numel(), device=device) for s, acc in zip(sums, accs)]
+    device_tokens = torch.stack([t.to(device=device, dtype=torch.float64) for t in tokens]).sum() if tokens else None
 
     if world > 1:
+        example_sq = torch.zeros(n, dtype=torch.float64, device=device)
+        if vectors:
+            norms = torch.stack(torch._foreach_norm(vectors)).to(device=device, dtype=torch.float64)
+            example_sq.index_add_(0, _index(owners, device), norms.pow(2))
+        token_total = torch.full((1,), host_tokens, dtype=torch.float64, device=device)
+        if device_tokens is not None:
+            token_total = token_total + device_tokens
         sizes = [s.numel() for s in sums]
         host_counts = to_device_async(counts, device, torch.float64)
-        flat = torch.cat([example_sq, token_total.reshape(1), host_counts]
+        flat = torch.cat([example_sq, token_total, host_counts]
                          + [s.to(device=device, dtype=torch.float64).reshape(-1) for s in sums])
         dist.all_reduce(flat)
         example_sq, token_total, counts_dev = flat[:n], flat[n], flat[n + 1 : 2 * n + 1]
         owner = _owner_index(tuple(sizes), device)
-        batch_sq = zeros.clone().index_add_(0, owner, flat[2 * n + 1 :].pow(2))
+        batch_sq = torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, owner, flat[2 * n + 1 :].pow(2))
         out = torch.cat([example_sq, batch_sq, token_total.reshape(1), counts_dev])
+        host_tokens = 0.0  # already in the reduced total
+    elif n:
+        # one multi-tensor norm for every per-example vector and every gradient sum
+        squares = torch.stack(torch._foreach_norm(vectors + sums)).to(device=device, dtype=torch.float64).pow_(2)
+        if owners == tuple(range(n)):  # one backward per parameter: nothing to add up
+            head = squares
+        else:
+            example_sq = torch.zeros(n, dtype=torch.float64, device=device)
+            example_sq.index_add_(0, _index(owners, device), squares[: len(vectors)])
+            head = torch.cat([example_sq, squares[len(vectors):]])
+        out = head if device_tokens is None else torch.cat([head, device_tokens.reshape(1)])
     else:
-        batch_sq = torch.stack(torch._foreach_norm(sums)).to(torch.float64).pow(2) if n else zeros
-        out = torch.cat([example_sq, batch_sq, token_total.reshape(1)])
+        out = torch.zeros(1 if device_tokens is None else 0, dtype=torch.float64, device=device)
+        out = out if device_tokens is None else device_tokens.reshape(1)
     event = None
     if out.device.type == "cuda":
         host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
@@ -167,7 +180,8 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
     if reset:
         for acc in accs:
             acc.reset()
-    return PendingStats([a.name for a in accs], None if world > 1 else counts, out, event, world, problems)
+    return PendingStats([a.name for a in accs], None if world > 1 else counts, out, event, world, problems,
+                        host_tokens, device_tokens is not None or world > 1)
 
 
 _INDEX_CACHE: dict = {}

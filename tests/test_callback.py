@@ -202,10 +202,10 @@ def test_gradient_accumulation_matches_big_batch(tmp_path):
                 model=clone(model), sequential=True)
     a, b = step_logs(small)[0], step_logs(big)[0]
     assert a["gns/examples"] == b["gns/examples"] == 8.0
-    for key in ("gns/step_g2", "gns/step_trace_sigma"):
-        assert rel_err(a[key], b[key]) <= 1e-4, (key, a[key], b[key])
     g2, tr = hf_loss_oracle(initial, dataset, range(8))
-    scale = abs(g2) + tr
+    scale = abs(g2) + tr  # |G|^2 alone can cancel to near 0: errors are measured against both terms
+    for key in ("gns/step_g2", "gns/step_trace_sigma"):
+        assert abs(a[key] - b[key]) <= 1e-4 * scale, (key, a[key], b[key])
     assert abs(a["gns/step_g2"] - g2) <= 1e-4 * scale
     assert abs(a["gns/step_trace_sigma"] - tr) <= 1e-4 * scale
 
@@ -278,10 +278,10 @@ def test_model_card_and_plots_written_at_train_end(tmp_path):
     card = (out / "README.md").read_text()
     assert gns.card_path == str(out / "README.md")
     assert "## Gradient noise scale" in card and "gns.png" in card
-    final = [h["gns/b_simple"] for h in gns.history if "gns/b_simple" in h][-1]
+    finite = [h["gns/b_simple"] for h in gns.history if math.isfinite(h.get("gns/b_simple", math.nan))]
     from hf_gns.model_card import fmt_number
 
-    assert f"| Final B_simple (examples) | {fmt_number(final)} |" in card
+    assert f"| Final B_simple (examples) | {fmt_number(finite[-1] if finite else None)} |" in card
     for name in ("gns.png", "loss.png"):
         assert (out / name).stat().st_size > 1000
     assert len(step_logs(trainer)) == 6

@@ -7,10 +7,10 @@ SRC=${SRC:-$PWD}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$SRC
 nvidia-smi -L | tee "$OUT/multi.log"
-cmd1="accelerate launch --multi_gpu --num_processes 2 --mixed_precision bf16 $SRC/examples/train_lm.py --bf16 --batch_size_policy gns:min_steps=20,max=256 --max_steps 300 --eval_steps 100 --output_dir /tmp/runs/multi_trainer --cache_dir /tmp/cache"
+cmd1="accelerate launch --multi_gpu --num_processes 2 --mixed_precision bf16 $SRC/examples/train_lm.py --bf16 --batch_size_policy linear:16:64 --max_steps 300 --eval_steps 100 --output_dir /tmp/runs/multi_trainer --cache_dir /tmp/cache"
 echo "\$ $cmd1" | tee -a "$OUT/multi.log"
 timeout 300 $cmd1 2>&1 | grep -v -i -E "warn|it/s\]|s/it\]|examples/s\]" | tail -n 22 | tee -a "$OUT/multi.log"
-cmd2="accelerate launch --multi_gpu --num_processes 2 --mixed_precision bf16 $SRC/examples/accelerate_loop.py --mixed_precision bf16 --batch_size_policy gns:min_steps=20,max=128 --max_tokens 600000 --output_dir /tmp/runs/multi_loop --cache_dir /tmp/cache"
+cmd2="accelerate launch --multi_gpu --num_processes 2 --mixed_precision bf16 $SRC/examples/accelerate_loop.py --mixed_precision bf16 --batch_size_policy gns:k=8,min_steps=20,max=128 --max_tokens 600000 --output_dir /tmp/runs/multi_loop --cache_dir /tmp/cache"
 echo "\$ $cmd2" | tee -a "$OUT/multi.log"
 timeout 200 $cmd2 2>&1 | grep -v -i -E "warn|examples/s\]" | tail -n 12 | tee -a "$OUT/multi.log"
 python3 - <<'PY' | tee -a "$OUT/multi.log"

@@ -93,6 +93,7 @@ class GNSCallback(TrainerCallback):
         self._full_values: dict[str, float] = {}
         self.trainer = None
         self.history: list[dict[str, float]] = []
+        self.tokens_seen = 0.0  # non-padding input tokens of training forwards, all ranks
         self._to_log: dict[str, float] = {}
         self._in_flight: list[tuple[int, PendingStats, Any, bool, dict]] = []
         self._scale: Any = 1.0
@@ -200,7 +201,10 @@ class GNSCallback(TrainerCallback):
         """Fold in the measurements of every step <= ``upto``, oldest first."""
         while self._in_flight and self._in_flight[0][0] <= upto:
             step, pending, scale, skipped, batch_values = self._in_flight.pop(0)
-            record = self._measure(pending.result(), step, float(scale), skipped)
+            stats = pending.result()
+            record = self._measure(stats, step, float(scale), skipped)
+            self.tokens_seen += stats.tokens
+            record[self.prefix + "tokens"] = self.tokens_seen  # (a batch-size policy's clock overrides it)
             record.update(batch_values)
             self._to_log = record
             self.history.append({"step": step, **record})
@@ -261,7 +265,7 @@ class GNSCallback(TrainerCallback):
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue the same trajectory."""
-        return {"tracker": self.tracker.state_dict(),
+        return {"tracker": self.tracker.state_dict(), "tokens_seen": self.tokens_seen,
                 "layer_trackers": {n: t.state_dict() for n, t in self.layer_trackers.items()},
                 "history": self.history,
                 "batch_control": self.control.state_dict() if self.control is not None else None}
@@ -271,6 +275,7 @@ class GNSCallback(TrainerCallback):
         for name, tracker_state in data.get("layer_trackers", {}).items():
             self.layer_trackers.setdefault(name, GNSTracker(self.ema)).load_state_dict(tracker_state)
         self.history = list(data.get("history", []))
+        self.tokens_seen = float(data.get("tokens_seen", 0.0))
 
     def _load_checkpoint_state(self, args, state) -> dict | None:
         if state.global_step == 0:

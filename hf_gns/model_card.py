@@ -63,7 +63,7 @@ def gns_section(history: list[dict[str, Any]], *, plot_path: str | None = None) 
     ema = _values(rows, "gns/b_simple")
     ema_tokens = _values(rows, "gns/b_simple_tokens")
     tokens = _values(rows, "gns/tokens")
-    measured = _values(rows, "gns/step_b_simple")
+    measured = [r for r in rows if r.get("gns/skipped") == 0.0]
     skipped = sum(1 for v in _values(rows, "gns/skipped") if v > 0)
     lines = [
         "## Gradient noise scale",

@@ -108,6 +108,7 @@ def test_keys_every_step_next_to_trainer_logs_and_oracle(tmp_path):
         for key in GNS_KEYS + ("loss", "grad_norm", "learning_rate"):
             assert key in e, (key, e)
         assert e["gns/skipped"] == 0.0 and e["gns/examples"] == 4.0
+        assert e["gns/tokens"] == 4.0 * SEQ * e["step"]        # tokens so far, logged without a policy too
         assert math.isfinite(e["gns/step_g2"]) and math.isfinite(e["gns/step_trace_sigma"])
         if e["gns/step_g2"] > 0:
             assert e["gns/step_b_simple"] == pytest.approx(e["gns/step_trace_sigma"] / e["gns/step_g2"])

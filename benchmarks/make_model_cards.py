@@ -1,0 +1,124 @@
+"""Write the model cards of the evidence runs into model_cards/ from their run directories.
+
+    python benchmarks/make_model_cards.py RUNS_DIR [--out model_cards]
+
+RUNS_DIR holds the unpacked archives of benchmarks/gpu_ln_proxy.sh (ln_llama, ln_gpt2) and
+benchmarks/gpu_time_to_loss.sh (ttl_<arm>_<seed>), plus the report JSONs ttl_<seed>.json. Each
+card is a header written here (what was trained, how, the outcome) followed by the
+"Gradient noise scale" section that `hf_gns.model_card` writes for any run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+
+from hf_gns.model_card import update_model_card
+from hf_gns.plot import load_run
+
+LN_RUN = {
+    "llama": ("Llama", "8.39M"),
+    "gpt2": ("GPT-2", "7.42M"),
+}
+ARMS = {
+    "fixed": "fixed global batch 256 (the reference)",
+    "linear": "batch linear in tokens from 64 to 256 over the budget (`linear:64:256`, the paper's schedule)",
+    "gns": "GNS-driven batch, clamp(B_simple, 64, 256), only growing (`gns:min=64,max=256`)",
+    "small": "fixed global batch 64 (context)",
+}
+TTL_COMMAND = ("python examples/train_lm.py --dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer "
+               "--hidden_size 96 --num_hidden_layers 2 --num_attention_heads 4 --block_size 128 "
+               "--per_device_train_batch_size 64 --learning_rate 3e-3 --warmup_steps 0.05 --bf16 ... "
+               "(exact commands: benchmarks/gpu_time_to_loss.sh)")
+
+
+def _write(out_dir: str, header: str, run_dir: str, plot: str | None) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "README.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(header)
+    return update_model_card(out_dir, load_run(run_dir).rows, plot_path=plot)
+
+
+def ln_cards(runs: str, out: str) -> None:
+    for key, (family, params) in LN_RUN.items():
+        run_dir = os.path.join(runs, f"ln_{key}")
+        if not os.path.isdir(run_dir):
+            continue
+        state = json.load(open(os.path.join(run_dir, "trainer_state.json")))
+        evals = [h["eval_loss"] for h in state["log_history"] if "eval_loss" in h]
+        name = f"ln-proxy-{key}"
+        header = f"""---
+library_name: transformers
+tags:
+- hf_gns
+- gradient-noise-scale
+---
+
+# {name}: a {params}-parameter {family} trained with hf_gns
+
+A {family}-style causal LM ({params} parameters, hidden 256, 4 layers, 4 heads, context 256), built
+from a config and trained from scratch with the Hugging Face Trainer on the offline default corpus
+(CPython 3.12's documentation topics and standard library source, byte-level BPE of 8192 tokens),
+1000 steps of 16 sequences, AdamW at 1e-3 with cosine decay, bf16 autocast, on one H100.
+`GNSCallback(full_model_every=10)` measured, every 10th step and on the same micro-batch, the exact
+per-example gradients of the whole model and of the normalization layers alone (one backward per
+example), to check that the norm layers' gradient noise scale predicts the whole model's.
+
+Final validation loss: {evals[-1]:.4f}. Command: `benchmarks/gpu_ln_proxy.sh`; figures:
+`benchmarks/RESULTS.md` (LN proxy).
+
+![Loss](loss.png)
+
+"""
+        print(_write(os.path.join(out, name), header, run_dir, "gns.png"))
+
+
+def ttl_cards(runs: str, out: str) -> None:
+    for report in sorted(glob.glob(os.path.join(runs, "ttl_*.json"))):
+        seed = re.search(r"ttl_(\d+)\.json", report).group(1)
+        data = json.load(open(report))
+        for row in data["runs"]:
+            arm = re.search(r"ttl_([a-z]+)_\d+$", row["run"]).group(1)
+            run_dir = os.path.join(runs, f"ttl_{arm}_{seed}")
+            name = f"ttl-{arm}-seed{seed}"
+            header = f"""---
+library_name: transformers
+tags:
+- hf_gns
+- gradient-noise-scale
+---
+
+# {name}: time to loss with {ARMS[arm]}
+
+A 1.08M-parameter Llama (hidden 96, 2 layers, context 128) trained from scratch on 16M tokens (about
+15 tokens per parameter) of Python source (every `.py` file of the GPU machine's site-packages, sorted,
+40M characters, every 50th file held out), BPE of 4096 tokens, AdamW at 3e-3 with 5% warm-up and cosine
+decay counted in tokens, bf16, seed {seed}, one H100. Batch: {ARMS[arm]}.
+
+| | |
+|---|---|
+| final validation loss | {row['final_eval_loss']:.4f} |
+| tokens to reach the fixed-256 run's final loss ({data['target']:.4f}) | {row['tokens_to_target']:,.0f} ({row['token_saving']:+.1%} vs the reference) |
+| optimizer steps to reach it | {row['steps_to_target']:.0f} (of {row['total_steps']}) |
+
+Command: {TTL_COMMAND}. All arms and plots: `model_cards/time-to-loss/`.
+
+"""
+            print(_write(os.path.join(out, "time-to-loss", name), header, run_dir, f"../gns_seed{seed}.png"))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs")
+    ap.add_argument("--out", default="model_cards")
+    args = ap.parse_args(argv)
+    ln_cards(args.runs, args.out)
+    ttl_cards(args.runs, args.out)
+
+
+if __name__ == "__main__":
+    main()

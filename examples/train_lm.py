@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
         print("\n==== summary ====")
         print(f"steps:            {trainer.state.global_step}")
         print(f"train loss:       {last_loss:.4f} (last logged), {train_result.training_loss:.4f} (mean)")
+        runtime = train_result.metrics.get("train_runtime")
+        if runtime:
+            print(f"train time:       {runtime:.1f}s ({trainer.state.global_step / runtime:.2f} steps/s)")
         if "eval_loss" in eval_metrics:
             eval_loss = eval_metrics["eval_loss"]
             ppl = math.exp(eval_loss) if eval_loss < 100 else float("inf")

@@ -94,6 +94,7 @@ class GNSCallback(TrainerCallback):
         self.trainer = None
         self.history: list[dict[str, float]] = []
         self.tokens_seen = 0.0  # non-padding input tokens of training forwards, all ranks
+        self._reasons_seen: set[str] = set()
         self._to_log: dict[str, float] = {}
         self._in_flight: list[tuple[int, PendingStats, Any, bool, dict]] = []
         self._scale: Any = 1.0
@@ -217,13 +218,20 @@ class GNSCallback(TrainerCallback):
             reason = "optimizer step skipped (fp16 overflow)"
         elif stats.problems:
             reason = "; ".join(stats.problems[:2])
+        elif stats.total.num_examples == 0:
+            reason = ("no per-example statistics were recorded (a torch.compile'd model, no trainable "
+                      "normalization parameter, or no patched norm ran)")
         else:
             try:
                 est = estimate(stats, scale=scale)
             except NotEstimable as error:
                 reason = str(error)
         if reason is not None:
-            logger.warning("hf_gns: step %d not measured: %s", step, reason)
+            # once per kind of reason at warning level, then quietly (a batch of 1 would repeat it every step)
+            kind = reason.split(":")[0].split(",")[0]
+            level = logging.DEBUG if kind in self._reasons_seen else logging.WARNING
+            self._reasons_seen.add(kind)
+            logger.log(level, "hf_gns: step %d not measured: %s", step, reason)
             record[p + "skipped"] = 1.0
         else:
             self.tracker.update(est)

@@ -291,3 +291,19 @@ def test_model_card_and_plots_written_at_train_end(tmp_path):
 def test_model_card_can_be_turned_off(tmp_path):
     train(tmp_path, TokenDataset(16), callbacks=[hf_gns.GNSCallback(model_card=False)], steps=3)
     assert not (tmp_path / "README.md").exists()
+
+
+def test_nothing_recorded_is_skipped_with_the_reason_once(caplog):
+    """A step without statistics (e.g. a torch.compile'd model) is logged as skipped, warned about once."""
+    import logging
+
+    from hf_gns.stats import GradientStats, ParamStats
+
+    gns = hf_gns.GNSCallback()
+    empty = GradientStats(per_param={}, total=ParamStats(0, 0.0, 0.0))
+    with caplog.at_level(logging.DEBUG, logger="hf_gns"):
+        records = [gns._measure(empty, step, 1.0, False) for step in (1, 2, 3)]
+    assert all(r == {"gns/skipped": 1.0} for r in records)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "torch.compile" in warned[0].getMessage()
+    assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 2

@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--logging_steps", type=int, default=1)
     p.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps (always once at the end)")
     p.add_argument("--save_steps", type=int, default=None, help="save a checkpoint every N steps (default: never)")
+    p.add_argument("--no_eval_accuracy", action="store_true", help="evaluate loss / perplexity only, no token accuracy")
     # gradient noise scale
     p.add_argument("--no_gns", action="store_true", help="train without hf_gns")
     p.add_argument("--kernel", default="auto", choices=["auto", "torch", "triton"], help="hf_gns per-example norm kernel")
@@ -119,6 +120,27 @@ def build_model(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) ->
             **ids,
         )
     return AutoModelForCausalLM.from_config(config)
+
+
+def token_accuracy_metrics():
+    """(compute_metrics, preprocess_logits_for_metrics) for next-token accuracy through `evaluate`,
+    from the local metric module in examples/metrics (works offline); (None, None) without `evaluate`."""
+    try:
+        import evaluate
+    except ImportError:
+        print("evaluate is not installed: eval reports loss and perplexity only")
+        return None, None
+    metric = evaluate.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics", "token_accuracy.py"))
+
+    def preprocess_logits_for_metrics(logits, labels):
+        return logits.argmax(dim=-1)  # keep only the predicted ids, not [batch, T, vocab] logits
+
+    def compute_metrics(eval_pred):
+        predictions, labels = eval_pred.predictions[:, :-1], eval_pred.label_ids[:, 1:]  # next-token shift
+        keep = labels != -100
+        return metric.compute(predictions=predictions[keep].tolist(), references=labels[keep].tolist())
+
+    return compute_metrics, preprocess_logits_for_metrics
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -182,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
         if training_args.process_index == 0:
             print(f"hf_gns: patched {len(patched)} modules")
 
+    compute_metrics, preprocess_logits = (None, None)
+    if eval_split and not args.no_eval_accuracy:
+        compute_metrics, preprocess_logits = token_accuracy_metrics()
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -190,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         data_collator=default_data_collator,  # blocks are packed: no padding, labels already set
         processing_class=tokenizer,
         callbacks=callbacks,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess_logits,
     )
     if trainer.is_world_process_zero():
         print(
@@ -216,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
             eval_loss = eval_metrics["eval_loss"]
             ppl = math.exp(eval_loss) if eval_loss < 100 else float("inf")
             print(f"eval loss:        {eval_loss:.4f} (perplexity {ppl:.2f})")
+        if "eval_accuracy" in eval_metrics:
+            print(f"eval accuracy:    {eval_metrics['eval_accuracy']:.4f} (next token, via evaluate)")
         if b_simple is not None:
             print(f"gns/b_simple:     {b_simple:.4g} (last logged)")
         elif not args.no_gns:

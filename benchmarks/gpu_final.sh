@@ -2,10 +2,7 @@
 # Single-GPU pass: kernel checks at large shapes, train-step overhead, host cost per norm call, and
 # the norm-kernel benchmark. Logs and JSON under ${OUT:-/tmp/out}.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD
+source "$(dirname "$0")/gpu_env.sh"
 python3 -c "import torch, triton, transformers, accelerate, liger_kernel; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)" 2>&1 | grep -v -i warn | tee "$OUT/final.log"
 echo "\$ HF_GNS_TEST_DEVICE=cuda python3 -m pytest tests/test_kernels.py -q" | tee -a "$OUT/final.log"
 HF_GNS_TEST_DEVICE=cuda timeout 150 python3 -m pytest tests/test_kernels.py -q -p no:cacheprovider 2>&1 | tail -n 2 | tee -a "$OUT/final.log"

@@ -2,14 +2,7 @@
 # GPU pass 1: environment, kernel checks at large shapes (tests/test_kernels.py on CUDA), norm
 # kernel benchmark. Logs and JSON under ${OUT:-/tmp/out}.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+source "$(dirname "$0")/gpu_env.sh"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, triton, transformers, accelerate, pyarrow; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'pyarrow', pyarrow.__version__)"
   python3 -c "import datasets, liger_kernel; print('datasets', datasets.__version__, 'liger ok')"

@@ -3,11 +3,7 @@
 # stdlib corpus; every 10 steps the whole model's GNS and the norm layers' are measured exactly
 # on the same micro-batch (GNSCallback(full_model_every=10)). Logs and runs under ${OUT:-/tmp/out}.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-SRC=${SRC:-$PWD}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$SRC
+source "$(dirname "$0")/gpu_env.sh"
 STEPS=${STEPS:-1000}
 for model in llama gpt2; do
   cmd="python3 $SRC/examples/train_lm.py --model_type $model --hidden_size 256 --num_hidden_layers 4 --num_attention_heads 4 --block_size 256 --per_device_train_batch_size 16 --max_steps $STEPS --learning_rate 1e-3 --bf16 --logging_steps 50 --eval_steps 250 --full_model_every 10 --max_train_chars 0 --output_dir /tmp/runs/ln_$model --cache_dir /tmp/cache"

@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
 # Both examples under `accelerate launch --num_processes 2` on a 2-GPU machine (NCCL, bf16).
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-SRC=${SRC:-$PWD}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$SRC
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi -L | tee "$OUT/multi.log"
 cmd1="accelerate launch --multi_gpu --num_processes 2 --mixed_precision bf16 $SRC/examples/train_lm.py --bf16 --batch_size_policy linear:16:64 --max_steps 300 --eval_steps 100 --output_dir /tmp/runs/multi_trainer --cache_dir /tmp/cache"
 echo "\$ $cmd1" | tee -a "$OUT/multi.log"

@@ -2,10 +2,7 @@
 # GPU pass 2: train-step overhead (GPT-2 124M, Llama 125M), host-side cost breakdown, and the
 # example end to end on one GPU. Logs and JSON under ${OUT:-/tmp/out}.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD
+source "$(dirname "$0")/gpu_env.sh"
 echo "\$ python3 benchmarks/bench_train_step.py --rounds 3" | tee "$OUT/train_step.log"
 timeout 220 python3 benchmarks/bench_train_step.py --rounds 3 --json "$OUT/train_step.json" 2>&1 | grep -v -i warn | tee -a "$OUT/train_step.log"
 echo "\$ python3 benchmarks/host_overhead.py" | tee "$OUT/host.log"

@@ -3,11 +3,7 @@
 # the same token budget in every arm: fixed batch 256 (the reference), the paper's linear 64 -> 256,
 # GNS-driven (64..256), and fixed batch 64 for context. Logs and runs under ${OUT:-/tmp/out}.
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-SRC=${SRC:-$PWD}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$SRC
+source "$(dirname "$0")/gpu_env.sh"
 SEEDS=${SEEDS:-"1"}
 python3 $SRC/benchmarks/time_to_loss.py prepare /tmp/ttl_corpus --max_chars 40000000 2>&1 | tail -n 1 | tee -a "$OUT/ttl.log"
 TOKENS=${TOKENS:-16000000}

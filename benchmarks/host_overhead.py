@@ -9,26 +9,14 @@ the figure is what Python and the launches cost the CPU.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
 
 import hf_gns
+from profile_host import host_us  # noqa: E402 (same folder)
 from hf_gns.kernels import op
 from hf_gns.kernels import triton_norm as K
-
-
-def host_us(fn, n: int = 300) -> float:
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / n * 1e6
 
 
 def main(argv=None) -> None:

@@ -65,7 +65,7 @@ def _norm_bwd_kernel(
     DY, X, W, MEAN, RSTD, DX, PARTIAL, ITEMS,
     D, stride_dy, stride_x, stride_dx, rows_per_example, chunks_per_example, chunk_rows,
     CENTERED: tl.constexpr, HAS_BIAS: tl.constexpr, OFFSET: tl.constexpr, ROUND: tl.constexpr,
-    USE_TABLE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    USE_TABLE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, RELOAD_W: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if USE_TABLE:
@@ -77,7 +77,8 @@ def _norm_bwd_kernel(
         end = tl.minimum(start + chunk_rows, (example + 1) * rows_per_example)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < D
-    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + OFFSET
+    if not RELOAD_W:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + OFFSET
     acc_w = tl.zeros([BLOCK_D], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_D], dtype=tl.float32)
     for first in range(start, end, ROWS):
@@ -95,6 +96,8 @@ def _norm_bwd_kernel(
         acc_w += tl.sum(dy * _round(normed, ROUND), axis=0)
         if HAS_BIAS:
             acc_b += tl.sum(dy, axis=0)
+        if RELOAD_W:  # very wide rows: re-read w (from L2) rather than keep it in registers
+            w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + OFFSET
         dn = dy * w[None, :]
         proj = tl.sum(dn * normed, axis=1) / D
         dx = dn - normed * proj[:, None]
@@ -131,6 +134,11 @@ def tile_config(D: int) -> tuple[int, int, int]:
     # past 8192 columns each thread would hold too many row values: more warps, no spills
     num_warps = 4 if block_d <= 1024 else 8 if block_d <= 4096 else 16 if block_d <= 8192 else 32
     return block_d, rows, num_warps
+
+
+def reload_weight(block_d: int, centered: bool) -> bool:
+    """Whether the backward re-reads the weight per tile instead of holding it (register pressure)."""
+    return centered and block_d >= 16384
 
 
 def norm_forward(
@@ -185,6 +193,7 @@ def norm_backward(
             dy, x, weight, mean if centered else rstd, rstd, dx, partial, items if items is not None else rstd,
             D, dy.stride(0), x.stride(0), dx.stride(0), rows_per_example, per_example, chunk,
             CENTERED=centered, HAS_BIAS=has_bias, OFFSET=offset, ROUND=ROUND_CODES[round_to],
-            USE_TABLE=items is not None, ROWS=rows, BLOCK_D=block_d, num_warps=num_warps,
+            USE_TABLE=items is not None, ROWS=rows, BLOCK_D=block_d, RELOAD_W=reload_weight(block_d, centered),
+            num_warps=num_warps,
         )
     return dx, partial

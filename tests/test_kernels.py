@@ -252,23 +252,3 @@ def test_accumulated_micro_batches_match_torch_path():
         assert got.num_examples == want.num_examples == 9
         assert abs(got.example_sq_norm_sum - want.example_sq_norm_sum) <= 1e-5 * want.example_sq_norm_sum
         assert abs(got.batch_sq_norm - want.batch_sq_norm) <= 1e-5 * want.example_sq_norm_sum
-
-
-@pytest.mark.parametrize("formula", [f for f in KNOWN_FORMULAS if f.name in ("layer_norm", "llama_rms")],
-                         ids=lambda f: f.name)
-def test_backward_reloading_the_weight(formula, monkeypatch):
-    """The wide-row variant of the backward (weight re-read per tile) gives the same results."""
-    monkeypatch.setattr(triton_norm, "reload_weight", lambda block_d, centered: True)
-    B, T, D = (3, 5, 72) if not ON_GPU else (4, 2048, 16384)
-    m, plan = _make_module(formula, D, torch.float32)
-    x = torch.randn(B, T, D, device=DEVICE)
-    dy = torch.randn(B, T, D, device=DEVICE)
-    y, dx, got = _run(formula, x, m, plan, dy)
-    per_w, per_b = _brute_force(formula, m, x, dy)
-    assert _rel(got["weight"], per_w) <= 1e-5
-    if per_b is not None:
-        assert _rel(got["bias"], per_b) <= 1e-5
-    x64 = x.double().requires_grad_()
-    _oracle_forward(formula, x64, m.weight.detach().double(),
-                    m.bias.detach().double() if m.bias is not None else None).backward(dy.double())
-    assert _rel(dx, x64.grad) <= 1e-5

@@ -65,7 +65,7 @@ def _norm_bwd_kernel(
     DY, X, W, MEAN, RSTD, DX, PARTIAL, ITEMS,
     D, stride_dy, stride_x, stride_dx, rows_per_example, chunks_per_example, chunk_rows,
     CENTERED: tl.constexpr, HAS_BIAS: tl.constexpr, OFFSET: tl.constexpr, ROUND: tl.constexpr,
-    USE_TABLE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, RELOAD_W: tl.constexpr,
+    USE_TABLE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if USE_TABLE:
@@ -77,8 +77,7 @@ def _norm_bwd_kernel(
         end = tl.minimum(start + chunk_rows, (example + 1) * rows_per_example)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < D
-    if not RELOAD_W:
-        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + OFFSET
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + OFFSET
     acc_w = tl.zeros([BLOCK_D], dtype=tl.float32)
     acc_b = tl.zeros([BLOCK_D], dtype=tl.float32)
     for first in range(start, end, ROWS):
@@ -96,8 +95,6 @@ def _norm_bwd_kernel(
         acc_w += tl.sum(dy * _round(normed, ROUND), axis=0)
         if HAS_BIAS:
             acc_b += tl.sum(dy, axis=0)
-        if RELOAD_W:  # very wide rows: re-read w (from L2) rather than keep it in registers
-            w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) + OFFSET
         dn = dy * w[None, :]
         proj = tl.sum(dn * normed, axis=1) / D
         dx = dn - normed * proj[:, None]
@@ -136,9 +133,13 @@ def tile_config(D: int) -> tuple[int, int, int]:
     return block_d, rows, num_warps
 
 
-def reload_weight(block_d: int, centered: bool) -> bool:
-    """Whether the backward re-reads the weight per tile instead of holding it (register pressure)."""
-    return centered and block_d >= 16384
+def backward_warps(block_d: int, centered: bool, itemsize: int) -> int:
+    """Warps per backward program: as the forward, except for rows of 16384 columns and more,
+    where 8 warps beat 32 (H100, benchmarks/tune_wide.py: LayerNorm bf16 -17%, RMSNorm bf16 -27%)
+    but a float32 LayerNorm needs all 32."""
+    if block_d >= 16384 and not (centered and itemsize == 4):
+        return 8
+    return tile_config(block_d)[2]
 
 
 def norm_forward(
@@ -193,7 +194,7 @@ def norm_backward(
             dy, x, weight, mean if centered else rstd, rstd, dx, partial, items if items is not None else rstd,
             D, dy.stride(0), x.stride(0), dx.stride(0), rows_per_example, per_example, chunk,
             CENTERED=centered, HAS_BIAS=has_bias, OFFSET=offset, ROUND=ROUND_CODES[round_to],
-            USE_TABLE=items is not None, ROWS=rows, BLOCK_D=block_d, RELOAD_W=reload_weight(block_d, centered),
-            num_warps=num_warps,
+            USE_TABLE=items is not None, ROWS=rows, BLOCK_D=block_d,
+            num_warps=backward_warps(block_d, centered, x.element_size()),
         )
     return dx, partial

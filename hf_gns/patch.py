@@ -123,8 +123,6 @@ class PatchedNorm:
             module.__dict__.pop(self.forward_attr, None)
         else:
             module.__dict__[self.forward_attr] = self.saved_forward
-        for acc in self.accumulators.values():
-            acc.remove()
 
 
 def _single_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -188,13 +186,19 @@ def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _start_pass(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook of a patched root: the counter is looked up on the module itself, so that a
+    deep copy of a patched model (a reference or EMA model) counts its own passes."""
+    root = module.__dict__.get(_ROOT_STATE)
+    if root is not None:
+        root[0].start_pass(module, args, kwargs)
+
+
 def _root_counter(model: nn.Module) -> PassCounter:
     root = model.__dict__.get(_ROOT_STATE)
     if root is None:
         counter = PassCounter()
-        handle = model.register_forward_pre_hook(
-            lambda m, args, kwargs: counter.start_pass(m, args, kwargs), with_kwargs=True
-        )
+        handle = model.register_forward_pre_hook(_start_pass, with_kwargs=True)
         root = model.__dict__[_ROOT_STATE] = (counter, handle)
     return root[0]
 

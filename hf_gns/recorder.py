@@ -81,9 +81,6 @@ class ParamAccumulator:
         self.num_examples = 0
         self.problems = []
 
-    def remove(self) -> None:
-        """Kept for API stability: nothing is registered on the parameter any more."""
-
 
 @dataclass(frozen=True)
 class ExampleSpec:

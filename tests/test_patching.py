@@ -886,3 +886,20 @@ def test_bf16_weights_match_bruteforce(name):
         assert got.num_examples == count
         assert abs(got.example_sq_norm_sum - sq) <= 2e-2 * sq, (n, got, sq)
         assert abs(got.batch_sq_norm - bsq) <= 2e-2 * max(sq, bsq), (n, got, bsq)
+
+
+def test_deep_copy_of_a_patched_model_records_on_its_own():
+    """copy.deepcopy of a patched model (a reference or EMA model) has its own pass counter and
+    statistics; running it leaves the original's untouched."""
+    model = make_model("llama")
+    hf_gns.patch_model(model, kernel="torch")
+    copy_ = clone(model)
+    original_counter = hf_gns.patch.pass_counters(model)[0]
+    before = original_counter.pass_id
+    batch = make_batch("llama", copy_, rand_int(2, 5), rand_int(1, 6))
+    batch_loss(copy_, batch).backward()
+    stats = hf_gns.gather_stats(copy_)
+    assert original_counter.pass_id == before
+    assert not hf_gns.gather_stats(model).per_param
+    oracle = oracle_stats(example_grads_bruteforce(clone(copy_), batch, norm_param_names(copy_)))
+    assert_stats_match(stats, oracle, rtol=1e-5, what="deep copy")

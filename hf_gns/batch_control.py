@@ -76,7 +76,7 @@ def wrap_lambda_lr(scheduler, clock: TokenClock):
     inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
     if not isinstance(inner, LambdaLR):
         return None
-    inner.__dict__.pop("_hf_gns_wrapped", None)  # (set by hf_gns 0.1 pre-releases)
+    inner.__dict__.pop("_hf_gns_wrapped", None)  # a mark older checkpoints of hf_gns runs may carry
     inner.lr_lambdas = [_token_lambda(getattr(fn, "hf_gns_inner", fn), clock) for fn in inner.lr_lambdas]
     return inner
 

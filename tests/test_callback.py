@@ -307,3 +307,80 @@ def test_nothing_recorded_is_skipped_with_the_reason_once(caplog):
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "torch.compile" in warned[0].getMessage()
     assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 2
+
+
+class FakeScaler:
+    """Stands for the GradScaler that accelerate gives an fp16 run on CUDA: the loss is multiplied
+    by ``scale`` (by `ScaledLossTrainer`), `step` unscales and steps, `update` halves the scale on
+    the steps listed in ``overflow_at`` (so accelerate reports them as skipped)."""
+
+    def __init__(self, scale: float, overflow_at=()):
+        self.scale, self.overflow_at, self.steps = scale, set(overflow_at), 0
+
+    def is_enabled(self):
+        return True
+
+    def get_scale(self):
+        return self.scale
+
+    def step(self, optimizer, closure=None):
+        self.steps += 1
+        if self.steps in self.overflow_at:
+            return None
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.div_(self.scale)
+        return optimizer.step()
+
+    def update(self):
+        if self.steps in self.overflow_at:
+            self.scale /= 2
+
+
+class ScaledLossTrainer(SequentialTrainer):
+    loss_scale = 1.0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return loss * self.loss_scale
+
+
+class InstallScaler(TrainerCallback):
+    def __init__(self, scaler):
+        self.scaler = scaler
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        from accelerate.optimizer import patch_optimizer_step
+
+        # what AcceleratedOptimizer.__init__ sets up when accelerate hands it a scaler
+        optimizer.scaler = self.scaler
+        optimizer._accelerate_step_called = False
+        optimizer._optimizer_original_step_method = optimizer.optimizer.step
+        optimizer._optimizer_patched_step_method = patch_optimizer_step(optimizer, optimizer.optimizer.step)
+
+
+def test_fp16_loss_scale_divided_out_and_skipped_steps_dropped(tmp_path):
+    dataset = TokenDataset(24)
+    model = make_model("llama")
+    runs = {}
+    for name, scale, overflow in (("plain", 1.0, ()), ("scaled", 2.0 ** 14, (2,))):
+        gns = hf_gns.GNSCallback(model_card=False)
+        callbacks = [gns] + ([InstallScaler(FakeScaler(scale, overflow))] if scale != 1.0 else [])
+        args = TrainingArguments(output_dir=str(tmp_path / name), max_steps=3, per_device_train_batch_size=4,
+                                 learning_rate=1e-3, logging_steps=1, report_to="none", use_cpu=True,
+                                 save_strategy="no", seed=0, max_grad_norm=0.0, disable_tqdm=True)
+        ScaledLossTrainer.loss_scale = scale
+        trainer = ScaledLossTrainer(model=clone(model), args=args, train_dataset=dataset, callbacks=callbacks)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.train()
+        runs[name] = {h["step"]: h for h in gns.history}
+    plain, scaled = runs["plain"], runs["scaled"]
+    # step 1: same model, same batch; the statistics carry scale^2, divided out before the estimate
+    scale = abs(plain[1]["gns/step_g2"]) + plain[1]["gns/step_trace_sigma"]
+    for key in ("gns/step_g2", "gns/step_trace_sigma"):
+        assert abs(scaled[1][key] - plain[1][key]) <= 1e-4 * scale, key
+    # step 2 overflowed (the scaler skipped it): logged as skipped, not folded into the EMAs
+    assert scaled[2]["gns/skipped"] == 1.0 and "gns/step_g2" not in scaled[2]
+    assert scaled[3]["gns/skipped"] == 0.0

@@ -252,3 +252,26 @@ def test_accumulated_micro_batches_match_torch_path():
         assert got.num_examples == want.num_examples == 9
         assert abs(got.example_sq_norm_sum - want.example_sq_norm_sum) <= 1e-5 * want.example_sq_norm_sum
         assert abs(got.batch_sq_norm - want.batch_sq_norm) <= 1e-5 * want.example_sq_norm_sum
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(3, 5, 72), (1, 1, 33), (4, 7, 129)] if not ON_GPU else [(4, 2048, 16384)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_wide_rows_bias_summed_outside_the_kernel(dtype, shape, monkeypatch):
+    """The wide-row path (dbias per example summed outside the kernel) against float64 brute force."""
+    monkeypatch.setattr(triton_norm, "SEPARATE_BIAS_FROM", 1)
+    formula = next(f for f in KNOWN_FORMULAS if f.name == "layer_norm")
+    B, T, D = shape
+    m, plan = _make_module(formula, D, torch.float32)
+    x = (torch.randn(B, T, D, device=DEVICE) * 2 + 0.5).to(dtype)
+    dy = torch.randn(B, T, D, device=DEVICE)
+    y, dx, got = _run(formula, x, m, plan, dy)
+    per_w, per_b = _brute_force(formula, m, x, dy)
+    tol = TOL[dtype]
+    assert _rel(got["weight"], per_w) <= tol and _rel(got["bias"], per_b) <= tol
+    assert _rel(got["sums"][1], per_b.sum(0)) <= tol
+    x64 = x.double().requires_grad_()
+    b64 = m.bias.detach().double().requires_grad_()
+    _oracle_forward(formula, x64, m.weight.detach().double(), b64).backward(dy.double())
+    assert _rel(dx, x64.grad) <= tol
+    assert _rel(m.bias.grad, b64.grad) <= tol

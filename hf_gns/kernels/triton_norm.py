@@ -63,7 +63,7 @@ def _norm_fwd_kernel(
 @triton.jit
 def _norm_bwd_kernel(
     DY, X, W, MEAN, RSTD, DX, PARTIAL, ITEMS,
-    D, stride_dy, stride_x, stride_dx, rows_per_example, chunks_per_example, chunk_rows,
+    D, stride_dy, stride_x, stride_dx, stride_partial, rows_per_example, chunks_per_example, chunk_rows,
     CENTERED: tl.constexpr, HAS_BIAS: tl.constexpr, OFFSET: tl.constexpr, ROUND: tl.constexpr,
     USE_TABLE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -103,7 +103,7 @@ def _norm_bwd_kernel(
         dx = dx * rstd[:, None]
         tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
     # PARTIAL is [items, 1 or 2, D]: the item's dweight partial, then its dbias partial
-    out = PARTIAL + pid.to(tl.int64) * (2 * D if HAS_BIAS else D) + cols
+    out = PARTIAL + pid.to(tl.int64) * stride_partial + cols
     tl.store(out, acc_w, mask=col_ok)
     if HAS_BIAS:
         tl.store(out + D, acc_b, mask=col_ok)
@@ -162,6 +162,11 @@ def norm_forward(
     return y, mean, rstd
 
 
+#: Rows at least this wide take the bias gradient out of the backward kernel (one extra read of dy)
+#: so that the kernel carries two row-wide arrays instead of three and does not spill registers.
+SEPARATE_BIAS_FROM = 16384
+
+
 def chunk_rows_for(n_rows: int, device: torch.device, rows: int) -> int:
     """Rows per work item: enough items to fill the GPU, a multiple of the tile height."""
     chunk = triton.cdiv(n_rows, num_programs_target(device))
@@ -177,7 +182,8 @@ def norm_backward(
 
     Items are either ``items`` (an int32 ``[n, 2]`` table of row ranges) or every example of
     ``rows_per_example`` rows cut into equal chunks, in example order; the caller maps items
-    to examples.
+    to examples. For rows of `SEPARATE_BIAS_FROM` columns or more (equal chunks only), each
+    example's dbias is summed outside the kernel and stored with the example's first item.
     """
     n_rows, D = x.shape
     block_d, rows, num_warps = tile_config(D)
@@ -189,12 +195,17 @@ def norm_backward(
         per_example = triton.cdiv(rows_per_example, chunk)
         n_items = (n_rows // rows_per_example) * per_example
     partial = _empty((n_items, 2 if has_bias else 1, D), torch.float32, x.device)
+    separate_bias = has_bias and items is None and D >= SEPARATE_BIAS_FROM
     if n_items:
         _norm_bwd_kernel[(n_items,)](
             dy, x, weight, mean if centered else rstd, rstd, dx, partial, items if items is not None else rstd,
-            D, dy.stride(0), x.stride(0), dx.stride(0), rows_per_example, per_example, chunk,
-            CENTERED=centered, HAS_BIAS=has_bias, OFFSET=offset, ROUND=ROUND_CODES[round_to],
+            D, dy.stride(0), x.stride(0), dx.stride(0), partial.stride(0), rows_per_example, per_example, chunk,
+            CENTERED=centered, HAS_BIAS=has_bias and not separate_bias, OFFSET=offset, ROUND=ROUND_CODES[round_to],
             USE_TABLE=items is not None, ROWS=rows, BLOCK_D=block_d,
-            num_warps=backward_warps(block_d, centered, x.element_size()),
+            num_warps=backward_warps(block_d, centered and not separate_bias, x.element_size()),
         )
+    if separate_bias and n_items:
+        examples = n_rows // rows_per_example
+        partial[:, 1].zero_()
+        partial[::per_example, 1] = dy.reshape(examples, rows_per_example, D).sum(1, dtype=torch.float32)
     return dx, partial

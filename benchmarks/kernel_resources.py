@@ -40,12 +40,14 @@ def main(argv=None) -> None:
                              x, w, b if b is not None else w, y, mean, rstd, rows, D, x.stride(0), y.stride(0), 1e-5,
                              CENTERED=centered, HAS_BIAS=has_bias, OFFSET=0.0, ROUND=0, ROWS=tile_rows,
                              BLOCK_D=block_d, num_warps=warps)
-                bwd_warps = K.backward_warps(block_d, centered, x.element_size())
+                separate_bias = has_bias and D >= K.SEPARATE_BIAS_FROM  # as norm_backward decides
+                bwd_warps = K.backward_warps(block_d, centered and not separate_bias, x.element_size())
                 dx = torch.empty_like(x)
                 partial = torch.empty(8, 2 if has_bias else 1, D, device="cuda")
                 bwd = report(lambda *a, **k: K._norm_bwd_kernel[(8,)](*a, **k),
                              x, x, w, mean, rstd, dx, partial, rstd, D, x.stride(0), x.stride(0), dx.stride(0),
-                             rows // 8, 1, rows // 8, CENTERED=centered, HAS_BIAS=has_bias, OFFSET=0.0, ROUND=0,
+                             partial.stride(0), rows // 8, 1, rows // 8, CENTERED=centered,
+                             HAS_BIAS=has_bias and not separate_bias, OFFSET=0.0, ROUND=0,
                              USE_TABLE=False, ROWS=tile_rows, BLOCK_D=block_d, num_warps=bwd_warps)
                 print(f"{name:9} {str(dtype)[6:]:8} D={D:5d}: forward {warps:2d} warps, {fwd[0]:3d} regs, "
                       f"{fwd[1]:6d} B spilled | backward {bwd_warps:2d} warps, {bwd[0]:3d} regs, {bwd[1]:6d} B spilled",

@@ -29,6 +29,7 @@ ARMS = {
     "gns": "GNS-driven batch, clamp(B_simple, 64, 256), only growing (`gns:min=64,max=256`)",
     "small": "fixed global batch 64 (context)",
 }
+FRONT_MATTER = "---\nlibrary_name: transformers\ntags:\n- hf_gns\n- gradient-noise-scale\n---\n"
 TTL_COMMAND = ("python examples/train_lm.py --dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer "
                "--hidden_size 96 --num_hidden_layers 2 --num_attention_heads 4 --block_size 128 "
                "--per_device_train_batch_size 64 --learning_rate 3e-3 --warmup_steps 0.05 --bf16 ... "
@@ -51,13 +52,7 @@ def ln_cards(runs: str, out: str) -> None:
         state = json.load(open(os.path.join(run_dir, "trainer_state.json")))
         evals = [h["eval_loss"] for h in state["log_history"] if "eval_loss" in h]
         name = f"ln-proxy-{key}"
-        header = f"""---
-library_name: transformers
-tags:
-- hf_gns
-- gradient-noise-scale
----
-
+        header = FRONT_MATTER + f"""
 # {name}: a {params}-parameter {family} trained with hf_gns
 
 A {family}-style causal LM ({params} parameters, hidden 256, 4 layers, 4 heads, context 256), built
@@ -85,13 +80,7 @@ def ttl_cards(runs: str, out: str) -> None:
             arm = re.search(r"ttl_([a-z]+)_\d+$", row["run"]).group(1)
             run_dir = os.path.join(runs, f"ttl_{arm}_{seed}")
             name = f"ttl-{arm}-seed{seed}"
-            header = f"""---
-library_name: transformers
-tags:
-- hf_gns
-- gradient-noise-scale
----
-
+            header = FRONT_MATTER + f"""
 # {name}: time to loss with {ARMS[arm]}
 
 A 1.08M-parameter Llama (hidden 96, 2 layers, context 128) trained from scratch on 16M tokens (about

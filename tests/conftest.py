@@ -56,6 +56,16 @@ def fresh_seed(request):
     yield seed
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: one intra-op thread is faster (and, on a shared 2-core box, far steadier).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------------------------
 # tiny models
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import warnings
 import torch
 from torch.utils.data import Dataset
 
+from token_batches import collate
+
 
 class SeqDataset(Dataset):
     def __init__(self, seqs):
@@ -28,16 +30,6 @@ class SeqDataset(Dataset):
 
     def __getitem__(self, i):
         return {"input_ids": self.seqs[i]}
-
-
-def collate(items):
-    T = max(len(it["input_ids"]) for it in items)
-    ids = torch.zeros(len(items), T, dtype=torch.long)
-    mask = torch.zeros(len(items), T, dtype=torch.long)
-    for r, it in enumerate(items):
-        ids[r, :len(it["input_ids"])] = it["input_ids"]
-        mask[r, :len(it["input_ids"])] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
 def digest(model) -> dict:

@@ -21,12 +21,7 @@ from conftest import clone
 from test_batch_control import MICRO, SeqDataset, collate, cumulative, hand_sgd, micro_batches, positions, tiny_llama
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def expected_groups(batches, thresholds: list[tuple[int, int]], start: int = 1):

@@ -34,22 +34,16 @@ from torch.utils.data import Dataset, SequentialSampler
 
 import hf_gns
 from conftest import clone, finish
+from token_batches import collate
 from hf_gns.schedule import GNSPolicy, LinearSchedule, StepSchedule, accumulation_for, make_policy
 
 import transformers
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB = 64
 MICRO = 2  # per_device_train_batch_size
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one intra-op thread is faster (and, on a shared 2-core box, far steadier)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,18 +188,6 @@ class SeqDataset(Dataset):
 
     def __getitem__(self, i):
         return {"input_ids": self.seqs[i]}
-
-
-def collate(items):
-    """Right padding: input_ids 0, attention_mask 0, labels -100 on padding."""
-    T = max(len(it["input_ids"]) for it in items)
-    ids = torch.zeros(len(items), T, dtype=torch.long)
-    mask = torch.zeros(len(items), T, dtype=torch.long)
-    for r, it in enumerate(items):
-        ids[r, :len(it["input_ids"])] = it["input_ids"]
-        mask[r, :len(it["input_ids"])] = 1
-    labels = ids.masked_fill(mask == 0, -100)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def micro_batches(dataset, micro=MICRO):

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from .batch_control import TokenClock, refresh_lr, wrap_lambda_lr
+from .batch_control import TokenClock, scale_lr_for_batch, wrap_lambda_lr
 from .distributed import sum_over_ranks
 from .estimator import GNSTracker, NotEstimable, estimate
 from .patch import pass_counters, patch_model, patched_modules
@@ -183,10 +183,7 @@ class GNSLoop:
         if wanted != self.accumulation:
             logger.info("hf_gns: step %d: accumulation %d -> %d", self.steps, self.accumulation, wanted)
             self.accumulation = wanted
-            if self.lr_scaling != "none":
-                power = 0.5 if self.lr_scaling == "sqrt" else 1.0
-                self.clock.lr_factor = (wanted / self.start_accumulation) ** power
-                refresh_lr(self._scheduler)  # the next step's LR was already set
+            scale_lr_for_batch(self.clock, self.lr_scaling, wanted / self.start_accumulation, self._scheduler)
 
     def _log_batch(self) -> dict[str, float]:
         """The step just taken: its micro-batches (the last group of the data may be short)."""

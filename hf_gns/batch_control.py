@@ -81,6 +81,15 @@ def wrap_lambda_lr(scheduler, clock: TokenClock):
     return inner
 
 
+def scale_lr_for_batch(clock: TokenClock, scaling: str, batch_ratio: float, scheduler: LambdaLR | None) -> None:
+    """Set the LR factor for a batch ``batch_ratio`` times the starting one ("none", "sqrt" or
+    "linear") and apply it to the step the scheduler has already prepared."""
+    if scaling == "none":
+        return
+    clock.lr_factor = batch_ratio ** (0.5 if scaling == "sqrt" else 1.0)
+    refresh_lr(scheduler)
+
+
 def refresh_lr(scheduler: LambdaLR | None) -> None:
     """Re-evaluate a wrapped LambdaLR at its current position (after the clock's factor changed)."""
     if scheduler is None:
@@ -232,10 +241,7 @@ class TrainerBatchControl:
         self.accumulation = accumulation
         args.gradient_accumulation_steps = accumulation
         self.pending = None
-        if self.lr_scaling != "none":
-            power = 0.5 if self.lr_scaling == "sqrt" else 1.0
-            self.clock.lr_factor = (accumulation / self.start_accumulation) ** power
-            refresh_lr(self.scheduler)  # the scheduler already set the next step's LR
+        scale_lr_for_batch(self.clock, self.lr_scaling, accumulation / self.start_accumulation, self.scheduler)
         self.changes.append({"step": state.global_step, "tokens": self.clock.tokens,
                              "accumulation_steps": accumulation, "batch_size": self.batch_size})
         logger.info("hf_gns: step %d, %.4g tokens: gradient accumulation %d -> %d (global batch %d)",

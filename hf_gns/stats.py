@@ -167,9 +167,8 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
             example_sq.index_add_(0, _index(owners, device), squares[: len(vectors)])
             head = torch.cat([example_sq, squares[len(vectors):]])
         out = head if device_tokens is None else torch.cat([head, device_tokens.reshape(1)])
-    else:
-        out = torch.zeros(1 if device_tokens is None else 0, dtype=torch.float64, device=device)
-        out = out if device_tokens is None else device_tokens.reshape(1)
+    else:  # nothing patched: only the token count, if it lives on the device
+        out = device_tokens.reshape(1) if device_tokens is not None else torch.zeros(0, dtype=torch.float64, device=device)
     event = None
     if out.device.type == "cuda":
         host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)

@@ -31,12 +31,13 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from .batch_control import TokenClock, scale_lr_for_batch, wrap_lambda_lr
+from .batch_control import LR_SCALINGS, TokenClock, scale_lr_for_batch, wrap_lambda_lr
 from .distributed import sum_over_ranks
 from .estimator import GNSTracker, NotEstimable, estimate
 from .patch import pass_counters, patch_model, patched_modules
 from .schedule import make_policy
 from .stats import PendingStats, gather_stats_async
+from .validation import check_choice, check_fraction, check_number, check_positive_int, check_type
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +58,16 @@ class GNSLoop:
     def __init__(self, accelerator, model: nn.Module, batch_size: Any = None, accumulation_steps: int = 1,
                  max_tokens: float | None = None, lr_scaling: str = "none", ema: float = 0.99,
                  prefix: str = "gns/") -> None:
+        check_positive_int("accumulation_steps", accumulation_steps)
+        check_number("max_tokens", max_tokens, optional=True)
+        check_choice("lr_scaling", lr_scaling, LR_SCALINGS)
+        check_fraction("ema", ema)
+        check_type("prefix", prefix, str, "a string")
+        self.policy = make_policy(batch_size) if batch_size not in (None, "none") else None
         self.accelerator = accelerator
         self.model = accelerator.unwrap_model(model) if hasattr(accelerator, "unwrap_model") else model
         if not patched_modules(self.model):
             patch_model(self.model)
-        self.policy = make_policy(batch_size) if batch_size not in (None, "none") else None
         self.start_accumulation = self.accumulation = accumulation_steps
         self.max_tokens = max_tokens
         self.lr_scaling = lr_scaling

@@ -27,6 +27,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from .estimator import GNSTracker
 from .schedule import Policy, accumulation_for, make_policy
+from .validation import check_choice, check_number
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +115,8 @@ class TrainerBatchControl:
     """
 
     def __init__(self, policy: Policy | str, max_tokens: float | None = None, lr_scaling: str = "none") -> None:
-        if lr_scaling not in LR_SCALINGS:
-            raise ValueError(f"lr_scaling must be one of {LR_SCALINGS}")
-        if max_tokens is not None and not max_tokens > 0:
-            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+        check_choice("lr_scaling", lr_scaling, LR_SCALINGS)
+        check_number("max_tokens", max_tokens, optional=True)
         self.policy = make_policy(policy)
         self.max_tokens = max_tokens
         self.lr_scaling = lr_scaling

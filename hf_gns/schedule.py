@@ -6,6 +6,7 @@ can be saved with a checkpoint and written as a string on a command line:
 
     "gns"                      follow the measured B_simple (defaults below)
     "gns:k=2,min=16,max=512,warmup=1e6,min_steps=50"
+                               (the field names min_batch, max_batch, warmup_tokens work too)
     "linear:16:120"            linear in tokens from 16 to 120 over the token budget
     "linear:16:120:5e8"        ... over 5e8 tokens
     "steps:0:16,1e8:32,2e8:64" from 1e8 tokens on 32, from 2e8 on 64 (Megatron style)
@@ -14,7 +15,9 @@ can be saved with a checkpoint and written as a string on a command line:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from .validation import check_int, check_number, check_positive_int, check_type, fail
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,15 @@ class GNSPolicy:
     max_batch: int | None = None
     warmup_tokens: float = 0.0
     min_steps: int = 50
+
+    def __post_init__(self) -> None:
+        check_number("GNSPolicy.k", self.k)
+        check_positive_int("GNSPolicy.min_batch", self.min_batch, optional=True)
+        check_positive_int("GNSPolicy.max_batch", self.max_batch, optional=True)
+        if self.min_batch is not None and self.max_batch is not None and self.min_batch > self.max_batch:
+            fail("GNSPolicy.min_batch", self.min_batch, f"<= max_batch ({self.max_batch})")
+        check_number("GNSPolicy.warmup_tokens", self.warmup_tokens, strict=False)
+        check_int("GNSPolicy.min_steps", self.min_steps, 0)
 
     def target(self, tokens: float, b_simple: float, start_batch: int, budget: float | None,
                measured_steps: int | None = None) -> int | None:
@@ -54,6 +66,14 @@ class LinearSchedule:
     end: int
     tokens: float | None = None
 
+    def __post_init__(self) -> None:
+        check_positive_int("LinearSchedule.start", self.start)
+        check_positive_int("LinearSchedule.end", self.end)
+        if self.end < self.start:
+            fail("LinearSchedule.end", self.end, f">= start ({self.start})",
+                 "the batch can only grow: gradient accumulation never drops below its starting count")
+        check_number("LinearSchedule.tokens", self.tokens, optional=True)
+
     def target(self, tokens: float, b_simple: float, start_batch: int, budget: float | None,
                measured_steps: int | None = None) -> int | None:
         span = self.tokens if self.tokens is not None else budget
@@ -69,6 +89,20 @@ class StepSchedule:
 
     points: tuple[tuple[float, int], ...]
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.points, (tuple, list)) or not self.points:
+            fail("StepSchedule.points", self.points, "a non-empty tuple of (tokens, batch) pairs")
+        for i, point in enumerate(self.points):
+            check_type(f"StepSchedule.points[{i}]", point, (tuple, list), "a (tokens, batch) pair")
+            if len(point) != 2:
+                fail(f"StepSchedule.points[{i}]", point, "a (tokens, batch) pair")
+            check_number(f"StepSchedule.points[{i}] tokens", point[0], strict=False)
+            check_positive_int(f"StepSchedule.points[{i}] batch", point[1])
+        batches = [batch for _, batch in sorted(self.points)]
+        if batches != sorted(batches):
+            fail("StepSchedule.points", self.points, "pairs whose batch never decreases as tokens grow",
+                 "the batch can only grow: gradient accumulation never drops below its starting count")
+
     def target(self, tokens: float, b_simple: float, start_batch: int, budget: float | None,
                measured_steps: int | None = None) -> int | None:
         chosen = None
@@ -81,36 +115,88 @@ class StepSchedule:
 Policy = GNSPolicy | LinearSchedule | StepSchedule
 
 
-def make_policy(spec) -> Policy:
+# string keys of GNSPolicy: the short aliases and every field name
+GNS_KEYS = {"k": "k", "min": "min_batch", "max": "max_batch", "warmup": "warmup_tokens",
+            **{f.name: f.name for f in fields(GNSPolicy)}}
+
+
+FORMS = {
+    "gns": "gns[:KEY=VALUE,...] with keys " + ", ".join(GNS_KEYS),
+    "linear": "linear:START:END[:TOKENS]",
+    "steps": "steps:TOKENS:BATCH[,TOKENS:BATCH...]",
+}
+
+
+def make_policy(spec: Policy | str) -> Policy:
     """A policy from a policy object or its string form (see the module docstring)."""
     if isinstance(spec, (GNSPolicy, LinearSchedule, StepSchedule)):
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"batch_size must be a policy or a string, got {type(spec).__name__}")
     kind, _, rest = spec.partition(":")
+    if kind not in FORMS:
+        raise ValueError(f"batch_size: unknown batch-size policy {kind!r} in {spec!r}; the policies are "
+                         + "; ".join(f"{name!r} ({form})" for name, form in FORMS.items()))
     try:
         if kind == "gns":
-            names = {"k": "k", "min": "min_batch", "max": "max_batch", "warmup": "warmup_tokens",
-                     "min_steps": "min_steps"}
-            kwargs = {}
-            for item in filter(None, rest.split(",")):
-                key, _, value = item.partition("=")
-                field = names[key.strip()]
-                kwargs[field] = float(value) if field in ("k", "warmup_tokens") else int(float(value))
-            return GNSPolicy(**kwargs)
+            return _parse_gns(rest)
         if kind == "linear":
-            parts = rest.split(":")
-            return LinearSchedule(int(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else None)
-        if kind == "steps":
-            points = []
-            for item in rest.split(","):
-                at, batch = item.split(":")
-                points.append((float(at), int(float(batch))))
-            return StepSchedule(tuple(points))
-    except (KeyError, ValueError, IndexError) as error:
-        raise ValueError(f"cannot read batch-size policy {spec!r}: {error}") from None
-    raise ValueError(f"unknown batch-size policy {spec!r}: use 'gns[:k=..,min=..,max=..,warmup=..]', "
-                     "'linear:START:END[:TOKENS]' or 'steps:TOKENS:BATCH,...'")
+            return _parse_linear(rest)
+        return _parse_steps(rest)
+    except ValueError as error:
+        raise ValueError(f"batch_size {spec!r}: {error}") from None
+
+
+def _parse_gns(rest: str) -> GNSPolicy:
+    kwargs: dict[str, float | int] = {}
+    for item in filter(None, rest.split(",")):
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if not equals:
+            fail("gns option", item, f"KEY=VALUE ({FORMS['gns']})")
+        if key not in GNS_KEYS:
+            fail("gns key", key, "one of " + ", ".join(GNS_KEYS))
+        field = GNS_KEYS[key]
+        if field in kwargs:
+            fail("gns key", key, f"given once (it sets {field}, already set to {kwargs[field]!r})")
+        kwargs[field] = _number(key, value) if field in ("k", "warmup_tokens") else _integer(key, value)
+    return GNSPolicy(**kwargs)
+
+
+def _parse_linear(rest: str) -> LinearSchedule:
+    parts = rest.split(":")
+    if len(parts) not in (2, 3):
+        fail("linear policy", "linear:" + rest, f"of the form {FORMS['linear']}")
+    tokens = _number("TOKENS", parts[2]) if len(parts) == 3 else None
+    return LinearSchedule(_integer("START", parts[0]), _integer("END", parts[1]), tokens)
+
+
+def _parse_steps(rest: str) -> StepSchedule:
+    points = []
+    for item in rest.split(","):
+        parts = item.split(":")
+        if len(parts) != 2:
+            fail("steps point", item, f"TOKENS:BATCH ({FORMS['steps']})")
+        points.append((_number("TOKENS", parts[0]), _integer("BATCH", parts[1])))
+    return StepSchedule(tuple(points))
+
+
+def _number(name: str, text: str) -> float:
+    """``text`` as a float; a ValueError naming ``name`` when it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        fail(name, text, "a number")
+
+
+def _integer(name: str, text: str) -> int:
+    """``text`` as an int (``1e3`` is fine, ``16.5`` is not)."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number.is_integer()):
+        fail(name, text, "an integer")
+    return int(number)
 
 
 def accumulation_for(target_batch: int, micro_batch: int, current: int) -> int:

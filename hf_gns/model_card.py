@@ -38,14 +38,46 @@ def _values(rows: list[dict[str, Any]], key: str) -> list[float]:
     return [float(r[key]) for r in rows if _finite(r.get(key))]
 
 
+def short_group_steps(history: Iterable[dict[str, Any]]) -> set[float]:
+    """Steps whose ``gns/batch_size`` is the short last accumulation group of an epoch.
+
+    A custom loop (`hf_gns.GNSLoop`) logs the size of the group it actually ran, and the
+    data of an epoch can run out mid-group. Batch-size policies never shrink the batch and
+    the next epoch starts with a full group, so such a step is a one-row dip: smaller than
+    the logged batch before it and than the one after it (or the last row). A lasting
+    decrease is not a dip and is kept.
+    """
+    sized = [(row["step"], float(row["gns/batch_size"])) for row in _rows(history)
+             if _finite(row.get("gns/batch_size"))]
+    short: set[float] = set()
+    for i in range(1, len(sized)):
+        step, size = sized[i]
+        after = sized[i + 1][1] if i + 1 < len(sized) else math.inf
+        if size < sized[i - 1][1] and size < after:
+            short.add(step)
+    return short
+
+
+def policy_batch_sizes(history: Iterable[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(step, global batch of the policy) of every row with ``gns/batch_size``, less the
+    short last groups of epochs (`short_group_steps`)."""
+    rows = _rows(history)
+    short = short_group_steps(rows)
+    return [(row["step"], float(row["gns/batch_size"])) for row in rows
+            if _finite(row.get("gns/batch_size")) and row["step"] not in short]
+
+
 def batch_schedule(history: Iterable[dict[str, Any]]) -> list[tuple[float, int, float]]:
-    """(batch size, first step, tokens seen before that step) of each run of equal ``gns/batch_size``."""
+    """(batch size, first step, tokens seen before that step) of each run of equal policy batch
+    (`policy_batch_sizes`: an epoch's short last group starts no segment)."""
+    rows = _rows(history)
+    sizes = dict(policy_batch_sizes(rows))
     segments: list[tuple[float, int, float]] = []
     tokens = 0.0
-    for row in _rows(history):
-        size = row.get("gns/batch_size")
-        if _finite(size) and (not segments or size != segments[-1][0]):
-            segments.append((float(size), int(row["step"]), tokens))
+    for row in rows:
+        size = sizes.get(row["step"])
+        if size is not None and (not segments or size != segments[-1][0]):
+            segments.append((size, int(row["step"]), tokens))
         if _finite(row.get("gns/tokens")):
             tokens = float(row["gns/tokens"])
     return segments
@@ -124,6 +156,33 @@ def _card_plot_path(output_dir: str, plot_path: str) -> str:
         shutil.copyfile(src, dst)
         src = dst
     return os.path.relpath(src, out)
+
+
+IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+DEFAULT_PLOT = "gns.png"
+
+
+def _section_images(card_path: str) -> list[str]:
+    """Image links inside the hf_gns section of the card at ``card_path`` (none if no card)."""
+    if not os.path.isfile(card_path):
+        return []
+    with open(card_path, encoding="utf-8") as f:
+        text = f.read()
+    start, end = text.find(START), text.find(END)
+    if start < 0:
+        return []
+    return IMAGE_LINK.findall(text[start:end] if end > start else text[start:])
+
+
+def existing_plot(output_dir: str) -> str | None:
+    """The plot a refreshed card should keep embedding when none is given, relative to the card.
+
+    The image the card's GNS section links to now, if that file exists, else ``gns.png`` of
+    ``output_dir`` if it is there (e.g. after ``Trainer.create_model_card`` rewrote the card).
+    """
+    links = _section_images(os.path.join(output_dir, "README.md")) + [DEFAULT_PLOT]
+    local = [link for link in links if "://" not in link]
+    return next((link for link in local if os.path.isfile(os.path.join(output_dir, link))), None)
 
 
 def update_model_card(output_dir: str, history: list[dict[str, Any]], plot_path: str | None = None) -> str:

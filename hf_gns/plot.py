@@ -14,18 +14,25 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
+
+from .model_card import policy_batch_sizes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TRAINER_STATE = "trainer_state.json"
 JSONL_FILES = ("gns_history.jsonl", "gns_log.jsonl")
 AXES = ("tokens", "examples", "steps")
 AXIS_LABELS = {
-    "tokens": "tokens seen (gns/tokens)",
-    "examples": "examples seen (cumulative gns/examples)",
-    "steps": "optimizer step",
+    "tokens": "tokens seen",
+    "examples": "examples seen",
+    "steps": "optimizer steps",
 }
+FIGURES = ("gns", "batch_size", "loss")
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 class RunLogError(ValueError):
@@ -89,6 +96,13 @@ class RunLog:
         xs = self.x(axis)
         keep = [i for i, row in enumerate(self.rows) if _finite(row.get(key))]
         return xs[keep], np.array([self.rows[i][key] for i in keep], dtype=float)
+
+    def batch_series(self, axis: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(x, global batch of the policy): ``gns/batch_size`` less the short last accumulation
+        group of an epoch (see `hf_gns.model_card.short_group_steps`)."""
+        sizes = dict(policy_batch_sizes(self.rows))
+        keep = [i for i, row in enumerate(self.rows) if row["step"] in sizes]
+        return self.x(axis)[keep], np.array([sizes[self.rows[i]["step"]] for i in keep], dtype=float)
 
 
 def _finite(value: Any) -> bool:
@@ -220,7 +234,8 @@ def _figure(title: str, xlabel: str, ylabel: str):
     return fig, ax
 
 
-def _finish(fig, ax, axis: str, path: str, style_handles: list | None = None) -> str:
+def _finish(fig: Figure, ax, axis: str, style_handles: list | None = None) -> Figure:
+    """Tick format and legends (runs by name; line styles apart); returns ``fig``."""
     from matplotlib.ticker import EngFormatter
 
     if axis != "steps":
@@ -229,8 +244,7 @@ def _finish(fig, ax, axis: str, path: str, style_handles: list | None = None) ->
     if style_handles:
         ax.add_artist(legend)
         ax.legend(handles=style_handles, loc="lower right", fontsize=8, framealpha=0.8)
-    fig.savefig(path)
-    return path
+    return fig
 
 
 def _positive(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +252,7 @@ def _positive(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x[keep], y[keep]
 
 
-def _plot_gns(runs: Sequence[RunLog], axis: str, path: str) -> str | None:
+def _plot_gns(runs: Sequence[RunLog], axis: str) -> Figure | None:
     if not any(run.has("gns/b_simple") or run.has("gns/step_b_simple") for run in runs):
         return None
     from matplotlib.lines import Line2D
@@ -264,7 +278,7 @@ def _plot_gns(runs: Sequence[RunLog], axis: str, path: str) -> str | None:
             styles["full"] = True
             ax.scatter(x, y, s=45, marker="D", facecolor=color, edgecolor="black", zorder=5)
             shown.append(y)
-        x, y = _positive(*run.series("gns/batch_size", axis))
+        x, y = _positive(*run.batch_series(axis))
         if len(y):
             styles["batch"] = True
             ax.plot(x, y, color=color, lw=1, ls="--", drawstyle="steps-pre", alpha=0.8)
@@ -279,16 +293,16 @@ def _plot_gns(runs: Sequence[RunLog], axis: str, path: str) -> str | None:
         Line2D([], [], color="gray", lw=1, ls="--", label="global batch size"),
     ]
     keys = ["EMA", "step", "full", "batch"]
-    return _finish(fig, ax, axis, path, [h for h, k in zip(handles, keys) if styles[k]])
+    return _finish(fig, ax, axis, [h for h, k in zip(handles, keys) if styles[k]])
 
 
-def _plot_batch_size(runs: Sequence[RunLog], axis: str, path: str) -> str | None:
+def _plot_batch_size(runs: Sequence[RunLog], axis: str) -> Figure | None:
     if not any(run.has("gns/batch_size") for run in runs):
         return None
-    fig, ax = _figure("Global batch size", AXIS_LABELS[axis], "batch size (examples)")
+    fig, ax = _figure("Global batch size", AXIS_LABELS[axis], "global batch (examples)")
     top = bottom = None
     for i, run in enumerate(runs):
-        x, y = run.series("gns/batch_size", axis)
+        x, y = run.batch_series(axis)
         if len(y):
             # a value logged at a step's end held since the previous step's end
             ax.plot(x, y, color=f"C{i % 10}", lw=2, drawstyle="steps-pre", label=run.name)
@@ -299,40 +313,85 @@ def _plot_batch_size(runs: Sequence[RunLog], axis: str, path: str) -> str | None
 
         ax.set_yscale("log", base=2)
         ax.yaxis.set_major_formatter(ScalarFormatter())
-    return _finish(fig, ax, axis, path)
+    return _finish(fig, ax, axis)
 
 
-def _plot_loss(runs: Sequence[RunLog], axis: str, path: str) -> str | None:
+def _running_mean(y: np.ndarray, width: int) -> np.ndarray:
+    """Mean of each value and the up to ``width - 1`` before it: one point per logged step."""
+    sums = np.concatenate([[0.0], np.cumsum(y)])
+    ends = np.arange(1, len(y) + 1)
+    counts = np.minimum(ends, width)
+    return (sums[ends] - sums[ends - counts]) / counts
+
+
+def _plot_loss(runs: Sequence[RunLog], axis: str) -> Figure | None:
     if not any(run.has("loss") or run.has("eval_loss") for run in runs):
         return None
     from matplotlib.lines import Line2D
 
-    fig, ax = _figure("Loss", AXIS_LABELS[axis], "loss")
+    fig, ax = _figure("Loss", AXIS_LABELS[axis], "training loss")
     has_eval = False
     for i, run in enumerate(runs):
         color = f"C{i % 10}"
         x, y = run.series("loss", axis)
         if len(y) > 200:  # per-step losses: faint raw values plus a running mean
             ax.plot(x, y, color=color, lw=0.6, alpha=0.25)
-            width = max(len(y) // 50, 2)
-            y = np.convolve(y, np.ones(width) / width, mode="valid")
-            x = x[width - 1 :]
+            y = _running_mean(y, max(len(y) // 50, 2))
         ax.plot(x, y, color=color, lw=1.8, label=run.name)
         x, y = run.series("eval_loss", axis)
         if len(y):
             has_eval = True
             ax.plot(x, y, color=color, lw=1.2, ls="--", marker="o", ms=5)
-    handles = [Line2D([], [], color="gray", lw=1.8, label="train loss")]
+    handles = [Line2D([], [], color="gray", lw=1.8, label="training loss")]
     if has_eval:
-        handles.append(Line2D([], [], color="gray", lw=1.2, ls="--", marker="o", label="eval loss"))
-    return _finish(fig, ax, axis, path, handles)
+        ax.set_ylabel("training and evaluation loss")
+        handles.append(Line2D([], [], color="gray", lw=1.2, ls="--", marker="o", label="evaluation loss"))
+    return _finish(fig, ax, axis, handles)
 
 
-def plot_runs(run_dirs: Iterable[str | RunLog], out_dir: str) -> list[str]:
-    """Write ``gns.png``, ``batch_size.png`` and ``loss.png`` (those with data) to ``out_dir``.
+def draw_figures(runs: Sequence[RunLog]) -> dict[str, Figure]:
+    """The figures that have data, by name in `FIGURES` order (``gns``, ``batch_size``, ``loss``),
+    every run overlaid in its own colour on the best axis they all have. Needs matplotlib."""
+    if not runs:
+        raise ValueError("draw_figures needs at least one run")
+    axis = common_axis(runs)
+    drawn = {name: draw(runs, axis) for name, draw in zip(FIGURES, (_plot_gns, _plot_batch_size, _plot_loss))}
+    return {name: fig for name, fig in drawn.items() if fig is not None}
 
-    Every run is overlaid in its own colour, named after its directory. Returns the paths
-    written. Needs matplotlib (``pip install hf_gns[plot]``).
+
+def is_image_path(out: str) -> bool:
+    """Whether ``out`` names an image file (by its suffix) rather than a directory; an existing
+    directory is always a directory."""
+    return os.path.splitext(out)[1].lower() in IMAGE_SUFFIXES and not os.path.isdir(out)
+
+
+def figure_paths(out: str, names: Sequence[str]) -> list[str]:
+    """Where the figures ``names`` are written for the output ``out``.
+
+    A directory gets ``<name>.png`` each. An image file ``stem.ext`` (`IMAGE_SUFFIXES`) is the
+    one figure's file; several go beside it as ``stem_<name>.ext``.
+    """
+    if not is_image_path(out):
+        return [os.path.join(out, f"{name}.png") for name in names]
+    if len(names) == 1:
+        return [out]
+    stem, ext = os.path.splitext(out)
+    return [f"{stem}_{name}{ext}" for name in names]
+
+
+def _load_runs(items: Sequence[str | RunLog]) -> list[RunLog]:
+    dirs = [item for item in items if not isinstance(item, RunLog)]
+    names = iter(_unique_names(dirs))
+    return [item if isinstance(item, RunLog) else load_run(item, next(names)) for item in items]
+
+
+def plot_runs(run_dirs: Iterable[str | RunLog], out: str) -> list[str]:
+    """Plot B_simple, the global batch and the loss (those with data) of runs overlaid.
+
+    ``out`` is a directory (``gns.png``, ``batch_size.png``, ``loss.png``) or an image file
+    (see `figure_paths`: ``plot.png`` becomes ``plot_gns.png``, ... or, for one figure, itself).
+    Every run is named after its directory. Returns the paths written. Needs matplotlib
+    (``pip install hf_gns[plot]``).
     """
     items = list(run_dirs)
     if not items:
@@ -341,14 +400,11 @@ def plot_runs(run_dirs: Iterable[str | RunLog], out_dir: str) -> list[str]:
         import matplotlib  # noqa: F401
     except ImportError as error:  # pragma: no cover
         raise ImportError("plotting needs matplotlib: pip install 'hf_gns[plot]'") from error
-    dirs = [item for item in items if not isinstance(item, RunLog)]
-    names = iter(_unique_names(dirs))
-    runs = [item if isinstance(item, RunLog) else load_run(item, next(names)) for item in items]
-    axis = common_axis(runs)
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for filename, draw in (("gns.png", _plot_gns), ("batch_size.png", _plot_batch_size), ("loss.png", _plot_loss)):
-        path = draw(runs, axis, os.path.join(out_dir, filename))
-        if path is not None:
-            written.append(path)
-    return written
+    figures = draw_figures(_load_runs(items))
+    paths = figure_paths(out, list(figures))
+    folder = os.path.dirname(out) if is_image_path(out) else out
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    for fig, path in zip(figures.values(), paths):
+        fig.savefig(path)
+    return paths

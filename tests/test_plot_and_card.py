@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from hf_gns.cli import main
-from hf_gns.model_card import END, START, gns_section, update_model_card
-from hf_gns.plot import load_run, plot_runs
+from hf_gns.model_card import END, START, batch_schedule, gns_section, short_group_steps, update_model_card
+from hf_gns.plot import draw_figures, load_run, plot_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEQ_LEN = 64
@@ -106,6 +106,36 @@ def make_loop_run(root, name: str = "run_b"):
 def runs(tmp_path):
     history = callback_history()
     return history, make_trainer_run(tmp_path, history), make_loop_run(tmp_path)
+
+
+def loop_history(micro_per_epoch: int = 33, micro: int = 4, accumulations=(8, 16, 16)) -> list[dict]:
+    """Rows as `GNSLoop` logs them over one epoch per accumulation count: ``gns/batch_size`` is
+    the group actually run, so every epoch ends with a short group (here 1 micro-batch: 4)."""
+    rows, step, tokens = [], 0, 0.0
+    for epoch, accumulation in enumerate(accumulations):
+        left = micro_per_epoch
+        while left:
+            group = min(accumulation, left)
+            left -= group
+            step += 1
+            tokens += group * micro * SEQ_LEN
+            rows.append({"step": step, "gns/batch_size": float(group * micro), "gns/accumulation_steps": float(group),
+                         "gns/tokens": tokens, "gns/examples": float(group * micro), "gns/b_simple": 50.0 + step,
+                         "gns/skipped": 0.0, "loss": 3.0 - step / 100, "epoch": epoch})
+    return rows
+
+
+def labelled_lines(fig) -> dict[str, object]:
+    """The lines of a figure's axes that carry a legend label, by label."""
+    return {line.get_label(): line for line in fig.axes[0].lines if not line.get_label().startswith("_")}
+
+
+def legend_texts(fig) -> dict[str, list[str]]:
+    """Every legend of a figure's axes: title -> entry texts."""
+    from matplotlib.legend import Legend
+
+    legends = [child for child in fig.axes[0].get_children() if isinstance(child, Legend)]
+    return {leg.get_title().get_text(): [t.get_text() for t in leg.get_texts()] for leg in legends}
 
 
 def assert_png(path) -> None:
@@ -205,6 +235,101 @@ def test_cli_plot(runs, tmp_path, capsys):
         assert_png(path)
 
 
+def test_cli_plot_to_an_image_file(runs, tmp_path, capsys):
+    """-o with an image suffix names files, never a directory: several figures go beside it."""
+    _, run_a, run_b = runs
+    target = tmp_path / "figs" / "plot.png"
+    assert main(["plot", str(run_a), str(run_b), "-o", str(target)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(tmp_path / "figs" / f"plot_{name}.png") for name in ("gns", "batch_size", "loss")]
+    assert not target.exists()
+    for path in printed:
+        assert_png(path)
+
+    # exactly one figure (a loss-only run): that very file, in the format of its suffix
+    bare = tmp_path / "loss_only"
+    bare.mkdir()
+    write_jsonl(bare / "gns_log.jsonl", [{"step": s, "loss": 3.0 - s / 10} for s in range(1, 6)])
+    single = tmp_path / "single.pdf"
+    assert main(["plot", str(bare), "-o", str(single)]) == 0
+    assert capsys.readouterr().out.split() == [str(single)]
+    assert single.is_file() and single.read_bytes()[:5] == b"%PDF-"
+
+
+def test_cli_plot_help_documents_the_out_rule(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "plot_gns.png" in text and ".pdf" in text and ".svg" in text and "directory" in text
+
+
+def test_plots_label_axes_in_plain_words(runs, tmp_path):
+    _, run_a, run_b = runs
+    figures = draw_figures([load_run(str(run_a)), load_run(str(run_b))])
+    assert list(figures) == ["gns", "batch_size", "loss"]
+    ylabels = {"gns": "B_simple (examples)", "batch_size": "global batch (examples)",
+               "loss": "training and evaluation loss"}
+    for name, fig in figures.items():
+        ax = fig.axes[0]
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("tokens seen", ylabels[name])
+        assert legend_texts(fig)["run"] == ["run_a", "run_b"]
+        texts = [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()] + sum(legend_texts(fig).values(), [])
+        assert not [t for t in texts if "gns/" in t]
+
+    for name, row, xlabel in (("by_examples", {"gns/examples": 8.0}, "examples seen"),
+                              ("by_steps", {}, "optimizer steps")):
+        run = tmp_path / name
+        run.mkdir()
+        write_jsonl(run / "gns_log.jsonl", [{"step": s, "loss": 3.0, **row} for s in range(1, 6)])
+        loss = draw_figures([load_run(str(run))])["loss"]
+        assert (loss.axes[0].get_xlabel(), loss.axes[0].get_ylabel()) == (xlabel, "training loss")
+        assert legend_texts(loss)["run"] == [name]
+
+
+def test_batch_plot_shows_the_policy_batch_not_short_last_groups(tmp_path):
+    history = loop_history()
+    sizes = [row["gns/batch_size"] for row in history]
+    assert sizes == [32, 32, 32, 32, 4, 64, 64, 4, 64, 64, 4]  # what GNSLoop logs
+    run = tmp_path / "loop_run"
+    run.mkdir()
+    write_jsonl(run / "gns_log.jsonl", history)
+    log = load_run(str(run))
+    assert len(log.rows) == len(history)  # every logged step kept
+
+    kept = [i for i, size in enumerate(sizes) if size != 4]
+    tokens = [history[i]["gns/tokens"] for i in kept]
+    figures = draw_figures([log])
+    line = labelled_lines(figures["batch_size"])["loop_run"]
+    assert list(line.get_ydata()) == [32] * 4 + [64] * 4
+    assert list(line.get_xdata()) == tokens
+    dashed = [ln for ln in figures["gns"].axes[0].lines if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and min(dashed[0].get_ydata()) == 32
+    # the card's schedule: no 4-example segments either
+    assert batch_schedule(history) == [(32.0, 1, 0.0), (64.0, 6, history[4]["gns/tokens"])]
+    assert short_group_steps(history) == {5, 8, 11}
+    # a lasting decrease is real, not a short group
+    lasting = [{"step": s, "gns/batch_size": b} for s, b in enumerate([64, 64, 32, 32], start=1)]
+    assert short_group_steps(lasting) == set()
+
+
+def test_every_logged_step_is_plotted_and_counted(tmp_path):
+    """393 logged steps: 393 rows, 393 points of the loss line, 393 counted in the card."""
+    history = loop_history(micro_per_epoch=131 * 8, micro=4, accumulations=(8, 8, 8))[:393]
+    history[0] = {"step": 1, "gns/batch_size": 32.0, "gns/skipped": 1.0, "loss": 3.0}  # not measured
+    run = tmp_path / "long_run"
+    run.mkdir()
+    write_jsonl(run / "gns_log.jsonl", history)
+    log = load_run(str(run))
+    assert [row["step"] for row in log.rows] == list(range(1, 394))
+    figures = draw_figures([log])
+    assert len(labelled_lines(figures["loss"])["long_run"].get_xdata()) == 393
+    assert len(labelled_lines(figures["gns"])["long_run"].get_xdata()) == 392
+    md = gns_section(log.rows)
+    assert number(table_cell(md, "Optimizer steps")) == 393
+    assert number(table_cell(md, "Measured steps")) + number(table_cell(md, "Skipped measurements")) == 393
+
+
 def test_cli_as_module(runs, tmp_path):
     _, run_a, _ = runs
     out = tmp_path / "module_out"
@@ -294,6 +419,26 @@ def test_update_model_card_keeps_existing_text(runs, tmp_path):
     assert table_cell(text, "Final B_simple (examples)") == "999"
     assert table_cell(text, "Optimizer steps") == "41"
     assert "](gns.png)" in text and (out / "gns.png").exists()
+
+
+def test_cli_card_keeps_plots_that_exist(runs, tmp_path, capsys):
+    """Without --plot, the card links the run dir's gns.png, or the image its section links to."""
+    _, run_a, _ = runs
+    link = "![Gradient noise scale during training]"
+    assert main(["card", str(run_a)]) == 0
+    assert link not in (run_a / "README.md").read_text()  # no plot file: no dangling link
+
+    plot_runs([str(run_a)], str(run_a))
+    (run_a / "README.md").write_text("---\nlicense: mit\n---\n\n# rewritten by the Trainer\n")
+    assert main(["card", str(run_a)]) == 0
+    assert f"{link}(gns.png)" in (run_a / "README.md").read_text()
+
+    plots = plot_runs([str(run_a)], str(tmp_path / "figs" / "plot.png"))
+    assert main(["card", str(run_a), "--plot", plots[0]]) == 0  # copied in as plot_gns.png
+    assert main(["card", str(run_a)]) == 0
+    text = (run_a / "README.md").read_text()
+    assert f"{link}(plot_gns.png)" in text and text.count(link) == 1
+    capsys.readouterr()
 
 
 def test_cli_card(runs, capsys):

@@ -21,7 +21,8 @@ class CastOrder(enum.Enum):
     """Where the float32 normalized value meets the weight and the activation dtype."""
 
     NATIVE = "native"
-    """``F.layer_norm`` semantics: the op computes in float32 internally, output in input dtype."""
+    """``F.layer_norm(x, w + offset, b)``: float32 inside, output in input dtype; Nemotron's
+    ``1 + w`` is added in the weight's dtype."""
     CAST_THEN_SCALE = "cast_then_scale"
     """Llama: ``weight * normed.to(input_dtype)``."""
     SCALE_THEN_CAST = "scale_then_cast"
@@ -53,6 +54,7 @@ KNOWN_FORMULAS: tuple[NormFormula, ...] = (
     NormFormula("olmo2_rms", centered=False, weight_offset=0.0, cast=CastOrder.SCALE_THEN_CAST),
     NormFormula("gemma_rms", centered=False, weight_offset=1.0, cast=CastOrder.SCALE_THEN_CAST),
     NormFormula("t5_rms", centered=False, weight_offset=0.0, cast=CastOrder.T5),
+    NormFormula("nemotron_layer_norm_1p", centered=True, weight_offset=1.0, cast=CastOrder.NATIVE, has_bias=True),
     NormFormula("cohere_layer_norm", centered=True, weight_offset=0.0, cast=CastOrder.SCALE_THEN_CAST),
 )
 
@@ -80,9 +82,10 @@ def reference_forward(
     in_dtype = x.dtype
     if formula.cast is CastOrder.NATIVE:
         normed = F.layer_norm(x.to(torch.float32), x.shape[-1:], None, None, eps)
+        scale = (weight + formula.weight_offset).to(torch.float32)  # in the weight's dtype, as Nemotron
         if bias is None:
-            return (normed * weight.to(torch.float32)).to(in_dtype)
-        return torch.addcmul(bias.to(torch.float32), normed, weight.to(torch.float32)).to(in_dtype)
+            return (normed * scale).to(in_dtype)
+        return torch.addcmul(bias.to(torch.float32), normed, scale).to(in_dtype)
     if formula.cast is CastOrder.T5:
         variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
         normed = x * torch.rsqrt(variance + eps)

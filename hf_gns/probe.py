@@ -1,14 +1,15 @@
 """Decide, for one module, how its per-example gradients can be taken.
 
 A module is matched against the known formulas by running its own forward on random
-probe inputs (float32 and bfloat16, two input scales so that eps matters) and comparing
-bit for bit with `reference_forward`. A module that matches none is still supported when
-its forward, called with its parameters expanded per example, reproduces the per-example
-outputs (the generic path). Anything else is reported, never patched silently.
+probe inputs (float32 and bfloat16, two input scales so that eps matters; autocast off)
+and comparing bit for bit with `reference_forward`. A module that matches none is still
+supported when its forward, called with its parameters expanded per example, reproduces
+the per-example outputs (the generic path). Anything else is reported, never patched silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -56,6 +57,15 @@ def find_eps(module: nn.Module) -> float | None:
         if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
             return float(value)
     return None
+
+
+def _autocast_off() -> contextlib.ExitStack:
+    """Probe the module's own arithmetic: a forward that casts under autocast (Nemotron) must not."""
+    stack = contextlib.ExitStack()
+    for device_type in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device_type):
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+    return stack
 
 
 def _affine_params(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -109,7 +119,8 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def match_formula(module: nn.Module, forward=None) -> NormFormula | None:
-    """The known formula that reproduces ``module``'s forward bit for bit, if any."""
+    """The known formula that reproduces ``module``'s forward bit for bit in every probed dtype mix
+    it accepts (one of them with bfloat16 inputs), if any."""
     params = _affine_params(module)
     eps = find_eps(module)
     if "weight" not in params or set(params) - {"weight", "bias"} or eps is None:
@@ -118,14 +129,18 @@ def match_formula(module: nn.Module, forward=None) -> NormFormula | None:
     candidates = [f for f in KNOWN_FORMULAS if f.has_bias == has_bias]
     generator = torch.Generator().manual_seed(0)
     cases = []
-    with torch.no_grad():
+    with torch.no_grad(), _autocast_off():
         for x, dtype in _probe_cases(params["weight"].shape, generator):
             p = _probe_params(params, dtype, generator)
             try:
                 out = call_with_params(module, forward, p, x)
             except Exception:
-                return None
+                if x.dtype == torch.float32:
+                    return None
+                continue  # a dtype mix the module rejects (float32-pinned parameters) is no evidence
             cases.append((x, p, out))
+        if all(x.dtype == torch.float32 for x, _, _ in cases):
+            return None  # float32 alone cannot tell the casting orders apart
         for formula in candidates:
             if all(
                 _same(reference_forward(formula, x, p["weight"], p.get("bias"), eps), out)
@@ -144,7 +159,7 @@ def check_generic(module: nn.Module, forward=None) -> None:
     generator = torch.Generator().manual_seed(1)
     x = torch.randn((3, 2, *shape), generator=generator)
     per_example = {n: torch.randn((3, *p.shape), generator=generator) + 1.0 for n, p in params.items()}
-    with torch.no_grad():
+    with torch.no_grad(), _autocast_off():
         try:
             expanded = {n: per_example[n].reshape(3, *([1] * (x.dim() - 1 - p.dim())), *p.shape)
                         for n, p in params.items()}

@@ -21,11 +21,12 @@ from transformers.trainer_callback import CallbackHandler
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .batch_control import STATE_FILE, TrainerBatchControl, load_state, save_state
+from .batch_control import LR_SCALINGS, STATE_FILE, TrainerBatchControl, load_state, save_state
 from .distributed import sum_over_ranks
 from .estimator import GNSTracker, NotEstimable, estimate, estimate_per_param
 from .patch import pass_counters, patch_model, patched_modules
 from .stats import PendingStats, gather_stats_async, reset_stats
+from .validation import check_choice, check_fraction, check_int, check_number, check_type
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,15 @@ class GNSCallback(TrainerCallback):
         history_file: str | None = "gns_history.jsonl",
         model_card: bool = True,
     ) -> None:
+        check_fraction("ema", ema)
+        check_type("log_layers", log_layers, bool, "True or False")
+        check_number("max_tokens", max_tokens, optional=True)
+        check_choice("lr_scaling", lr_scaling, LR_SCALINGS)
+        check_int("full_model_every", full_model_every, 1, optional=True,
+                  hint="use None to disable the whole-model measurement")
+        check_type("prefix", prefix, str, "a string")
+        check_type("history_file", history_file, (str, type(None)), "None or a file name")
+        check_type("model_card", model_card, bool, "True or False")
         self.tracker = GNSTracker(ema)
         self.layer_trackers: dict[str, GNSTracker] = {}
         self.ema = ema
@@ -185,7 +195,8 @@ class GNSCallback(TrainerCallback):
         inputs = next((c.last_inputs for c in pass_counters(model) if c.last_inputs), None) if model else None
         if not inputs:
             return
-        norm_names = [acc.name for _, st in patched_modules(model) for acc in st.accumulators.values()]
+        norm_names = [f"{st.qualname}.{n}" if st.qualname else n
+                      for _, st in patched_modules(model) for n in st.plan.param_names]
         try:
             stats = per_example_gradient_stats(model, inputs)
             values = {}
@@ -219,8 +230,8 @@ class GNSCallback(TrainerCallback):
         elif stats.problems:
             reason = "; ".join(stats.problems[:2])
         elif stats.total.num_examples == 0:
-            reason = ("no per-example statistics were recorded (a torch.compile'd model, no trainable "
-                      "normalization parameter, or no patched norm ran)")
+            reason = ("no per-example statistics were recorded (no trainable normalization parameter, "
+                      "or no patched norm ran with gradients enabled)")
         else:
             try:
                 est = estimate(stats, scale=scale)

@@ -11,17 +11,18 @@ from __future__ import annotations
 import fnmatch
 import functools
 import logging
-import os
 import types
 import warnings
+from dataclasses import replace
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from . import torch_path
+from .layout import ExampleSpec, PassCounter, find_spec, host_segment_starts
 from .probe import NormPlan, Unsupported, is_norm_candidate, plan_for
-from .recorder import ParamAccumulator, PassCounter
+from .slots import TapLayout, draw_slots, new_tap
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +36,6 @@ def _forward_attr(module: nn.Module) -> str:
     return "_old_forward" if hasattr(module, "_hf_hook") and hasattr(module, "_old_forward") else "forward"
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 class PatchedNorm:
     """The state and wrapper forward of one patched normalization module."""
 
@@ -50,37 +47,81 @@ class PatchedNorm:
         self.forward_attr = _forward_attr(module)
         self.saved_forward = module.__dict__.get(self.forward_attr)
         self.original_forward: Callable = getattr(module, self.forward_attr)
-        self.accumulators = {
-            n: ParamAccumulator(f"{qualname}.{n}" if qualname else n, module._parameters[n])
-            for n in plan.param_names
-        }
         self.module_ref = module
         self.enabled = True
         self.warned: set[str] = set()
+        self.tap: torch.Tensor | None = None
+        self.tap_layout: TapLayout | None = None
+        self._ensure_tap(self.trainable_layout(), module._parameters[plan.param_names[0]].device)
+
+    # -- statistics channel ------------------------------------------------------------------
+    def trainable_layout(self) -> TapLayout | None:
+        """The tap layout of the parameters that currently require grad (None if none does)."""
+        params = self.module_ref._parameters
+        names = tuple(n for n in self.plan.param_names if params[n].requires_grad)
+        if not names:
+            return None
+        if self.tap_layout is not None and self.tap_layout.names == names:
+            return self.tap_layout
+        return TapLayout(names, tuple(params[n].numel() for n in names))
+
+    @torch.compiler.disable
+    def _ensure_tap(self, layout: TapLayout | None, device: torch.device) -> None:
+        """A tap for ``layout`` on ``device`` (made outside any compiled graph)."""
+        if layout is None:
+            self.tap, self.tap_layout = None, None
+        elif self.tap is None or self.tap_layout != layout or self.tap.device != device:
+            self.tap, self.tap_layout = new_tap(layout, device), layout
+
+    def _slots(self, x: torch.Tensor, spec: ExampleSpec, layout: TapLayout) -> torch.Tensor | None:
+        """This pass's per-example slots of the module (shared by all its calls in the pass)."""
+        slots = self.counter.slots.get(self)
+        rows = spec.count
+        if slots is None:
+            device = self.module_ref._parameters[layout.names[0]].device
+            if self.tap is None or self.tap_layout != layout or self.tap.device != device:
+                self._ensure_tap(layout, device)
+            count = self.counter.packed.count if spec.packed else rows
+            slots = self.counter.slots[self] = draw_slots(self.tap, rows, count, layout)
+        elif slots.shape[0] != rows:
+            self.counter.problems.append(f"{self.qualname}: calls within one forward saw {slots.shape[0]} and "
+                                         f"{rows} examples")
+            return None
+        return slots
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
         x = _single_input(args, kwargs)
-        trainable = [n for n, acc in self.accumulators.items() if acc.param.requires_grad]
-        recording = bool(self.enabled and trainable and torch.is_grad_enabled() and not _compiling())
-        if x is None:  # called with more than the input (a gate, ...)
-            if recording:
-                self._warn_once("it was called with extra arguments; its parameters are left out of the statistics")
+        layout = self.trainable_layout() if self.enabled else None
+        if layout is None or not torch.is_grad_enabled() or self.counter.paused:
             return self.original_forward(*args, **kwargs)
-        spec = None
-        if recording:
-            spec = self.counter.layout.spec_for(x)
-            if isinstance(spec, str):
-                self._warn_once(f"{spec}; its parameters are left out of the statistics")
-                recording, spec = False, None
+        if x is None:  # called with more than the input (a gate, ...)
+            self._warn_once("it was called with extra arguments; its parameters are left out of the statistics")
+            return self.original_forward(*args, **kwargs)
+        spec = find_spec(x, self.counter.batch_size, self.counter.packed)
+        if isinstance(spec, str):
+            self._warn_once(f"{spec}; its parameters are left out of the statistics")
+            return self.original_forward(*args, **kwargs)
+        slots = self._slots(x, spec, layout)
+        if slots is None:
+            return self.original_forward(*args, **kwargs)
+        plan, module = self.plan, self.module_ref
         if self._use_triton(x):
-            return _triton_norm()(self.module_ref, self.plan, x, self._sink(trainable) if recording else None, spec)
-        out = self.original_forward(*args, **kwargs)
-        if recording and isinstance(out, torch.Tensor) and out.requires_grad:
-            pass_id = self.counter.pass_id
-            autocast = _autocast_state(x)
-            out.register_hook(lambda dy: self._record_torch(x, dy, pass_id, spec, trainable, autocast))
-        return out
+            if spec.packed:
+                spec = replace(spec, segments=self._host_starts())
+            params = module._parameters
+            weight, bias = params["weight"], params.get("bias") if plan.formula.has_bias else None
+            cfg = _kernels().cached_config(plan.formula, plan.eps, x, weight)
+            channels = tuple(("weight", "bias").index(n) for n in layout.names)
+            return _kernels().triton_norm(x, weight, bias, slots, cfg, spec, channels)
+        path = torch_path.slotted_forward if torch.compiler.is_compiling() else torch_path.recorded_forward
+        return path(plan.formula, plan.eps, module, self.original_forward, x, slots, layout, spec)
+
+    def _host_starts(self) -> tuple[int, ...]:
+        starts = self.counter.slots.get("starts")
+        if starts is None:
+            starts = self.counter.slots["starts"] = host_segment_starts(self.counter.packed)
+        return starts
 
     def _warn_once(self, message: str) -> None:
         if message not in self.warned:
@@ -88,33 +129,11 @@ class PatchedNorm:
             warnings.warn(f"hf_gns: {self.qualname or type(self.module_ref).__name__}: {message}", stacklevel=4)
 
     def _use_triton(self, x: torch.Tensor) -> bool:
-        if self.kernel == "torch" or self.plan.formula is None:
+        if self.kernel == "torch" or self.plan.formula is None or torch.compiler.is_compiling():
             return False
         if self.kernel == "triton":
             return True
         return x.is_cuda and _triton_importable()
-
-    def _sink(self, trainable: list[str]):
-        """Callback that receives the Triton backward's per-example vectors (weight, bias)."""
-        pass_id = self.counter.pass_id
-        targets = [self.accumulators[n] if n in trainable else None for n in ("weight", "bias")]
-
-        def sink(per_example: torch.Tensor, sums: tuple) -> None:
-            for k in range(per_example.shape[1]):
-                if targets[k] is not None:
-                    targets[k].add(per_example[:, k], pass_id, sums[k])
-
-        sink.layout = self.counter.layout
-        return sink
-
-    def _record_torch(self, x, dy, pass_id, spec, trainable, autocast) -> None:
-        canonical = spec.canonical_dim
-        grads = torch_path.per_example_grads(
-            self.plan, self.module_ref, self.original_forward, x.movedim(spec.dim, canonical),
-            dy.movedim(spec.dim, canonical), spec, trainable, autocast,
-        )
-        for n, g in grads.items():
-            self.accumulators[n].add(g, pass_id)
 
     # -- lifecycle -----------------------------------------------------------------------
     def restore(self) -> None:
@@ -136,17 +155,6 @@ def _single_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
-def _autocast_state(x: torch.Tensor) -> tuple[str, torch.dtype] | None:
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return device_type, torch.get_autocast_dtype(device_type)
-    return None
-
-
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
-
-
 @functools.lru_cache(maxsize=None)
 def _triton_importable() -> bool:
     try:
@@ -157,10 +165,10 @@ def _triton_importable() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _triton_norm():
-    from .kernels.op import triton_norm
+def _kernels():
+    from .kernels import op
 
-    return triton_norm
+    return op
 
 
 def _patched_forward(module: nn.Module, *args, **kwargs):
@@ -198,6 +206,8 @@ def _root_counter(model: nn.Module) -> PassCounter:
     root = model.__dict__.get(_ROOT_STATE)
     if root is None:
         counter = PassCounter()
+        first = next(model.parameters(), None)
+        counter.place(first.device if first is not None else torch.device("cpu"))
         handle = model.register_forward_pre_hook(_start_pass, with_kwargs=True)
         root = model.__dict__[_ROOT_STATE] = (counter, handle)
     return root[0]

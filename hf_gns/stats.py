@@ -15,8 +15,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .layout import warn_problems
 from .patch import pass_counters, patched_modules
-from .recorder import ParamAccumulator, to_device_async, warn_problems
+from .slots import TapLayout
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,22 @@ class GradientStats:
         return self.total.num_examples
 
 
-def _accumulators(model: nn.Module) -> list[ParamAccumulator]:
-    accs: list[ParamAccumulator] = []
+@dataclass(frozen=True)
+class _Tapped:
+    """A patched module's tap and the names of its parameters in the statistics."""
+
+    names: tuple[str, ...]
+    layout: TapLayout
+    tap: torch.Tensor
+
+
+def _tapped(model: nn.Module) -> list[_Tapped]:
+    out = []
     for _, state in patched_modules(model):
-        accs.extend(state.accumulators.values())
-    return accs
+        if state.tap is not None:
+            prefix = f"{state.qualname}." if state.qualname else ""
+            out.append(_Tapped(tuple(prefix + n for n in state.tap_layout.names), state.tap_layout, state.tap))
+    return out
 
 
 def _world_size(reduce: bool) -> int:
@@ -61,17 +73,18 @@ def _world_size(reduce: bool) -> int:
 
 def reset_stats(model: nn.Module) -> None:
     """Forget everything recorded since the last reset."""
-    for acc in _accumulators(model):
-        acc.reset()
+    for entry in _tapped(model):
+        entry.tap.grad = None
     for counter in pass_counters(model):
         counter.take_tokens()
+        counter.take_problems()
 
 
 def gather_stats(model: nn.Module, reset: bool = True, reduce: bool = True) -> GradientStats:
     """Gradient statistics of every patched parameter since the last reset (one host sync).
 
     ``reduce`` all-reduces across torch.distributed ranks when a process group is initialized
-    (every rank must call this together). ``reset`` clears the accumulators afterwards.
+    (every rank must call this together). ``reset`` clears the statistics afterwards.
     """
     return gather_stats_async(model, reset=reset, reduce=reduce).result()
 
@@ -81,13 +94,13 @@ class PendingStats:
 
     `result` waits for the copy (a no-op once `ready`), so a training loop can start the
     gather after step k and read it during step k+1 without ever stalling the GPU queue.
+    The reduced vector holds, per parameter, [examples, sum_i ||c_i||^2, ||sum_i c_i||^2],
+    then the device token count.
     """
 
-    def __init__(self, names, counts, values, event, world, problems, host_tokens: float = 0.0,
-                 has_device_tokens: bool = True) -> None:
-        self._names, self._counts, self._values = names, counts, values
+    def __init__(self, names: list[str], values: torch.Tensor, event, world: int, problems: list[str]) -> None:
+        self._names, self._values = names, values
         self._event, self._world, self._problems = event, world, problems
-        self._host_tokens, self._has_device_tokens = host_tokens, has_device_tokens
         self._result: GradientStats | None = None
 
     def ready(self) -> bool:
@@ -104,12 +117,12 @@ class PendingStats:
         problems = list(self._problems)
         n, world = len(self._names), self._world
         values = self._values.tolist()
-        counts = values[2 * n + 1 :] if self._counts is None else self._counts
-        tokens = self._host_tokens + (values[2 * n] if self._has_device_tokens else 0.0)
+        counts, example_sq, batch_sq = values[:n], values[n : 2 * n], values[2 * n : 3 * n]
+        tokens = values[3 * n]
         per_param = {}
         for i, name in enumerate(self._names):
             if counts[i] > 0:
-                per_param[name] = ParamStats(int(round(counts[i])), values[i] / world**2, values[n + i] / world**2)
+                per_param[name] = ParamStats(int(round(counts[i])), example_sq[i] / world**2, batch_sq[i] / world**2)
         total = _total(per_param, problems)
         warn_problems(problems)
         return GradientStats(per_param=per_param, total=total, problems=tuple(problems), tokens=tokens)
@@ -122,53 +135,25 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
     torch.distributed the all-reduce is enqueued here, so every rank must call this at the
     same point of training.
     """
-    accs = _accumulators(model)
-    for acc in accs:
-        acc.finalize()
-    problems = [p for acc in accs for p in acc.problems]
+    entries = _tapped(model)
+    counters = pass_counters(model)
+    problems = [p for c in counters for p in c.take_problems()]
     world = _world_size(reduce)
-    taken = [c.take_tokens(reset) for c in pass_counters(model)]
-    host_tokens = sum(h for h, _ in taken)
-    tokens = [t for _, device_counts in taken for t in device_counts]
-    device = _stats_device(accs, tokens, world)
-    n = len(accs)
-    counts = [float(acc.num_examples) for acc in accs]
-    vectors = [v for acc in accs for v in acc.finished]
-    owners = tuple(i for i, acc in enumerate(accs) for _ in acc.finished)
-    sums = [acc.grad_sum() for acc in accs]
-    sums = [s if s is not None else torch.zeros(acc.param.numel(), device=device) for s, acc in zip(sums, accs)]
-    device_tokens = torch.stack([t.to(device=device, dtype=torch.float64) for t in tokens]).sum() if tokens else None
-
+    device_tokens = [t for t in (c.take_tokens(reset) for c in counters) if t is not None]
+    device = _stats_device(entries, device_tokens, world)
+    grads = [e.tap.grad if e.tap.grad is not None else torch.zeros(e.layout.width, device=device)
+             for e in entries]
+    token_total = torch.zeros(1, dtype=torch.float64, device=device)
+    for tokens in device_tokens:
+        token_total = token_total + tokens.to(device)
+    flat = torch.cat([g.to(device=device, dtype=torch.float64) for g in grads] + [token_total])
     if world > 1:
-        example_sq = torch.zeros(n, dtype=torch.float64, device=device)
-        if vectors:
-            norms = torch.stack(torch._foreach_norm(vectors)).to(device=device, dtype=torch.float64)
-            example_sq.index_add_(0, _index(owners, device), norms.pow(2))
-        token_total = torch.full((1,), host_tokens, dtype=torch.float64, device=device)
-        if device_tokens is not None:
-            token_total = token_total + device_tokens
-        sizes = [s.numel() for s in sums]
-        host_counts = to_device_async(counts, device, torch.float64)
-        flat = torch.cat([example_sq, token_total, host_counts]
-                         + [s.to(device=device, dtype=torch.float64).reshape(-1) for s in sums])
         dist.all_reduce(flat)
-        example_sq, token_total, counts_dev = flat[:n], flat[n], flat[n + 1 : 2 * n + 1]
-        owner = _owner_index(tuple(sizes), device)
-        batch_sq = torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, owner, flat[2 * n + 1 :].pow(2))
-        out = torch.cat([example_sq, batch_sq, token_total.reshape(1), counts_dev])
-        host_tokens = 0.0  # already in the reduced total
-    elif n:
-        # one multi-tensor norm for every per-example vector and every gradient sum
-        squares = torch.stack(torch._foreach_norm(vectors + sums)).to(device=device, dtype=torch.float64).pow_(2)
-        if owners == tuple(range(n)):  # one backward per parameter: nothing to add up
-            head = squares
-        else:
-            example_sq = torch.zeros(n, dtype=torch.float64, device=device)
-            example_sq.index_add_(0, _index(owners, device), squares[: len(vectors)])
-            head = torch.cat([example_sq, squares[len(vectors):]])
-        out = head if device_tokens is None else torch.cat([head, device_tokens.reshape(1)])
-    else:  # nothing patched: only the token count, if it lives on the device
-        out = device_tokens.reshape(1) if device_tokens is not None else torch.zeros(0, dtype=torch.float64, device=device)
+    index = _flat_index(tuple(e.layout for e in entries), device)
+    squares = flat[index.sums].pow(2)
+    batch_sq = torch.zeros(len(index.owners_count), dtype=torch.float64, device=device)
+    batch_sq.index_add_(0, index.sum_owner, squares)
+    out = torch.cat([flat[index.count], flat[index.square], batch_sq, flat[-1:]])
     event = None
     if out.device.type == "cuda":
         host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
@@ -177,41 +162,54 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
         event.record()
         out = host
     if reset:
-        for acc in accs:
-            acc.reset()
-    return PendingStats([a.name for a in accs], None if world > 1 else counts, out, event, world, problems,
-                        host_tokens, device_tokens is not None or world > 1)
+        for e in entries:
+            e.tap.grad = None
+    names = [name for e in entries for name in e.names]
+    return PendingStats(names, out, event, world, problems)
+
+
+@dataclass(frozen=True)
+class _FlatIndex:
+    """Positions in the concatenated tap gradients: per parameter, its example count, its sum of
+    squared per-example norms and (``sums``, ``sum_owner``) the elements of its gradient sum."""
+
+    count: torch.Tensor
+    square: torch.Tensor
+    sums: torch.Tensor
+    sum_owner: torch.Tensor
+    owners_count: tuple[int, ...]
 
 
 _INDEX_CACHE: dict = {}
 
 
-def _index(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """An int64 index tensor on ``device``, uploaded once per distinct value tuple."""
-    key = (values, device)
+def _flat_index(layouts: tuple[TapLayout, ...], device: torch.device) -> _FlatIndex:
+    key = (layouts, device)
     if key not in _INDEX_CACHE:
         if len(_INDEX_CACHE) > 64:
             _INDEX_CACHE.clear()
-        _INDEX_CACHE[key] = to_device_async(list(values), device, torch.int64)
+        count, square, sums, owner = [], [], [], []
+        offset = param = 0
+        for layout in layouts:
+            for k in range(len(layout.names)):
+                count.append(offset + TapLayout.COUNT)
+                square.append(offset + layout.square_index(k))
+                part = layout.sum_slice(k)
+                sums.extend(range(offset + part.start, offset + part.stop))
+                owner.extend([param] * (part.stop - part.start))
+                param += 1
+            offset += layout.width
+        as_index = lambda values: torch.tensor(values, dtype=torch.long).to(device)  # noqa: E731
+        _INDEX_CACHE[key] = _FlatIndex(as_index(count), as_index(square), as_index(sums), as_index(owner),
+                                       tuple(range(param)))
     return _INDEX_CACHE[key]
 
 
-def _owner_index(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """For a concatenation of vectors of these sizes, the index of the vector of each element."""
-    key = ("owner", sizes, device)
-    if key not in _INDEX_CACHE:
-        repeats = torch.tensor(sizes)
-        _INDEX_CACHE[key] = torch.repeat_interleave(torch.arange(len(sizes)), repeats).to(device)
-    return _INDEX_CACHE[key]
-
-
-def _stats_device(accs: list[ParamAccumulator], tokens: list, world: int) -> torch.device:
-    for acc in accs:
-        if acc.finished_sums:
-            device = acc.finished_sums[0].device
-            break
+def _stats_device(entries: list[_Tapped], tokens: list, world: int) -> torch.device:
+    if entries:
+        device = entries[0].tap.device
     else:
-        device = accs[0].param.device if accs else (tokens[0].device if tokens else torch.device("cpu"))
+        device = tokens[0].device if tokens else torch.device("cpu")
     if world > 1 and dist.get_backend() == "nccl" and device.type != "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     return device

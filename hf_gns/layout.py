@@ -1,0 +1,235 @@
+"""Where the examples of a forward pass are, and what the pass consumed.
+
+A patched model's root module gets a forward pre-hook (`PassCounter.start_pass`) that reads
+the model's inputs: the batch size, packed sequences (``position_ids`` restarting at 0 or
+``cu_seq_lens_*``) and the token count. Each patched norm then asks `find_spec` which
+dimension of its input indexes examples. The hook runs inside ``torch.compile``'d graphs
+too: it only assigns attributes and appends to lists (no reads of Python numbers that would
+specialize a graph), and it never copies from the device to the host.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ExampleSpec:
+    """Where the examples of one norm input are.
+
+    Dimension ``dim`` of the input indexes examples (``group`` consecutive entries per example,
+    for inputs flattened to ``[B*T, D]``), or, for a packed batch (``segment_ids`` given), the
+    tokens of dimension ``dim`` belong to the sequences numbered by ``segment_ids`` (at most
+    ``count`` of them; ``segments`` holds their start offsets when known on the host).
+    """
+
+    dim: int
+    count: int
+    group: int = 1
+    segment_ids: torch.Tensor | None = None
+    segments: tuple[int, ...] | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.segment_ids is not None
+
+    @property
+    def canonical_dim(self) -> int:
+        """Where the computation expects that dimension: 0 for examples, 1 for packed tokens."""
+        return 1 if self.packed else 0
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """The sequences of a packed (padding-free) batch of ``tokens`` tokens in one row."""
+
+    tokens: int
+    segment_ids: torch.Tensor          # int64 [tokens]: the sequence of each token (device)
+    count: torch.Tensor                # number of sequences, float32 scalar (device)
+    starts: tuple[int, ...] | None = None  # start offsets plus the end, when known on the host
+
+
+def find_spec(x: torch.Tensor, batch_size: int | None, packed: PackedBatch | None) -> ExampleSpec | str:
+    """The example structure of ``x``, or why it cannot be found."""
+    if x.dim() < 2:
+        return f"input of shape {tuple(x.shape)} has no batch dimension"
+    if packed is not None:
+        if x.shape[0] == 1:
+            for dim in range(1, x.dim() - 1):
+                if x.shape[dim] == packed.tokens:
+                    return ExampleSpec(dim, packed.tokens, segment_ids=packed.segment_ids, segments=packed.starts)
+        return f"packed batch of {packed.tokens} tokens, but no dimension of input {tuple(x.shape)} has that size"
+    batch = batch_size
+    if batch is None or x.shape[0] == batch:
+        return ExampleSpec(0, x.shape[0])
+    if x.dim() == 2 and x.shape[0] % batch == 0:
+        return ExampleSpec(0, batch, group=x.shape[0] // batch)
+    if x.dim() >= 3 and x.shape[1] == batch:
+        return ExampleSpec(1, batch)
+    return f"no dimension of input {tuple(x.shape)} matches the batch size {batch}"
+
+
+class PassCounter:
+    """The current forward pass of a patched model: its batch layout, and what passes consumed.
+
+    ``slots`` maps each patched norm to its per-example gradient slots of this pass, so that a
+    module called several times in one forward (ALBERT) sums its per-example gradients over
+    the calls before they are squared. ``totals`` (float64, on the model's device) adds up the
+    input positions (padding included) and non-padding tokens of training forwards in place:
+    a compiled graph updates it without specializing on running counts.
+    """
+
+    def __init__(self) -> None:
+        self.batch_size: int | None = None
+        self.packed: PackedBatch | None = None
+        self.slots: dict = {}
+        self.totals: torch.Tensor | None = None
+        self.problems: list[str] = []
+        self.paused = False
+        self.keep_inputs = False
+        self.last_inputs: dict | None = None
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles carry no tensors of a pass in flight (they are not leaves)."""
+        return {**self.__dict__, "slots": {}, "packed": None, "last_inputs": None, "problems": []}
+
+    @torch.compiler.disable
+    def place(self, device: torch.device) -> None:
+        """Keep the running totals on ``device`` (outside any compiled graph)."""
+        if self.totals is None:
+            self.totals = torch.zeros(2, dtype=torch.float64, device=device)
+        elif self.totals.device != device:
+            self.totals = self.totals.to(device)
+
+    def start_pass(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.paused:
+            return
+        self.slots = {}
+        self.batch_size = batch_size(args, kwargs)
+        self.packed = packed_batch(kwargs) if self.batch_size in (None, 1) else None
+        if module.training and torch.is_grad_enabled():
+            if self.keep_inputs:
+                self.last_inputs = dict(kwargs)
+            device = _input_device(args, kwargs)
+            if device is not None:
+                if self.totals is None or self.totals.device != device:
+                    self.place(device)
+                self.totals[0].add_(input_positions(args, kwargs))
+                tokens = count_tokens(args, kwargs)
+                if tokens is not None:
+                    self.totals[1].add_(tokens)
+
+    def take_positions(self) -> int:
+        """Input positions (padding included) of training forwards since the last call (a host sync)."""
+        if self.totals is None:
+            return 0
+        taken = int(self.totals[0].item())
+        self.totals[0].zero_()
+        return taken
+
+    def take_tokens(self, reset: bool = True) -> torch.Tensor | None:
+        """Non-padding tokens since the last reset, as a device scalar (no host sync)."""
+        if self.totals is None:
+            return None
+        taken = self.totals[1].clone()
+        if reset:
+            self.totals[1].zero_()
+        return taken
+
+    def take_problems(self) -> list[str]:
+        taken = list(self.problems)
+        del self.problems[:]
+        return taken
+
+
+def _input_device(args: tuple, kwargs: dict) -> torch.device | None:
+    for value in list(kwargs.values()) + list(args):
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return None
+
+
+_BATCH_INPUTS = ("input_ids", "inputs_embeds", "pixel_values", "input_values", "input_features",
+                 "attention_mask", "decoder_input_ids", "labels")
+
+
+def batch_size(args: tuple, kwargs: dict) -> int | None:
+    """The batch size of a model call, from its usual inputs (None if none is recognised)."""
+    for name in _BATCH_INPUTS:
+        value = kwargs.get(name)
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            return value.shape[0]
+    if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 1:
+        return args[0].shape[0]
+    return None
+
+
+def input_positions(args: tuple, kwargs: dict) -> int:
+    """Input positions (tokens, padding included) of one forward, from shapes alone."""
+    for name in ("input_ids", "inputs_embeds", "labels", "decoder_input_ids"):
+        value = kwargs.get(name)
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return value.shape[0] * value.shape[1]
+    if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 1:
+        first = args[0]
+        return first.shape[0] * (first.shape[1] if first.dim() >= 2 and not first.is_floating_point() else 1)
+    return 0
+
+
+def count_tokens(args: tuple, kwargs: dict) -> torch.Tensor | int | None:
+    """Non-padding input tokens of one forward: a device tensor for a mask, else a host int.
+
+    Never copies between host and device.
+    """
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return mask.sum(dtype=torch.float64)
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if isinstance(ids, torch.Tensor) and ids.dim() >= 1:
+        return ids.numel() if ids.dim() <= 2 else ids.shape[0] * ids.shape[1]
+    return None
+
+
+def packed_batch(kwargs: dict) -> PackedBatch | None:
+    """The sequences of a packed batch, or None for an ordinary one.
+
+    Reads ``cu_seq_lens_q`` (flash-attention varlen) or a single row of ``position_ids``
+    (``DataCollatorWithFlattening``): every position 0 starts a sequence, so a single
+    unpacked row is one sequence. Sequence ids are computed on the device (no host sync).
+    """
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        cu = kwargs.get("cu_seqlens_q")
+    if isinstance(cu, torch.Tensor) and cu.dim() == 1 and cu.numel() > 2:
+        tokens = kwargs["position_ids"].shape[-1] if isinstance(kwargs.get("position_ids"), torch.Tensor) else None
+        if tokens is None:
+            ids = kwargs.get("input_ids")
+            tokens = ids.shape[-1] if isinstance(ids, torch.Tensor) else None
+        if tokens is None:
+            return None
+        positions = torch.arange(tokens, device=cu.device)
+        ids = torch.bucketize(positions, cu[1:].to(positions.dtype), right=True)
+        count = torch.full((), cu.numel() - 1, dtype=torch.float32, device=cu.device)
+        return PackedBatch(tokens, ids, count)
+    pos = kwargs.get("position_ids")
+    if not isinstance(pos, torch.Tensor) or pos.dim() != 2 or pos.shape[0] != 1 or pos.shape[1] < 2:
+        return None
+    starts = pos[0] == 0
+    ids = torch.cumsum(starts, 0) - 1
+    count = starts.sum().to(torch.float32)
+    return PackedBatch(pos.shape[1], ids.clamp_(min=0), count)
+
+
+def host_segment_starts(packed: PackedBatch) -> tuple[int, ...]:
+    """Start offsets plus the end of a packed batch's sequences (one device-to-host copy)."""
+    change = torch.nonzero(torch.diff(packed.segment_ids, prepend=packed.segment_ids[:1] - 1)).flatten()
+    return tuple(change.tolist()) + (packed.tokens,)
+
+
+def warn_problems(problems: list[str]) -> None:
+    if problems:
+        warnings.warn("hf_gns skipped a measurement: " + "; ".join(problems[:5]), stacklevel=3)

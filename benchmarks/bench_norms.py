@@ -9,8 +9,9 @@ Every variant runs ``y = norm(x); y.backward(dy)`` with fresh ``.grad`` each cal
 (`triton.testing.do_bench`, median: what an eager caller sees, Python and launch
 overhead included) and, as "GPU-only", replayed from a CUDA graph
 (`do_bench_cudagraph`, median: the kernels alone). hf_gns runs the real patched module: per-example
-norms recorded into its accumulators (B examples of rows/B rows each), or off (no grad
-recording, as in eval-with-grad). Effective bandwidth counts 5 passes over rows x D
+norms recorded into its taps (B examples of rows/B rows each; the Triton kernels in eager mode),
+"off" (recording switched off: the module's own forward) and "compile" (torch.compile of the
+patched module: inductor's code for the slotted formulation, against "compile" of the peer). Effective bandwidth counts 5 passes over rows x D
 (read x fwd, write y, read x and dy bwd, write dx) against a measured copy bandwidth.
 """
 
@@ -80,12 +81,12 @@ def time_variant(kind, rows, D, dtype, impl, examples, graph: bool = False) -> f
     fn_module = module
     if impl == "compile":
         fn_module = torch.compile(module)
-    if impl in ("hf_gns", "hf_gns_off"):
+    if impl in ("hf_gns", "hf_gns_off", "hf_gns_compile"):
         wrapper = nn.Sequential(module)
-        hf_gns.patch_model(wrapper, kernel="triton")
-        fn_module = wrapper
+        hf_gns.patch_model(wrapper, kernel="auto")
+        fn_module = torch.compile(wrapper) if impl == "hf_gns_compile" else wrapper
         if impl == "hf_gns_off":
-            hf_gns.set_recording(wrapper, False)  # same kernels, no per-example outputs
+            hf_gns.set_recording(wrapper, False)  # the module's own forward, nothing recorded
 
     def step():
         x.grad = None
@@ -93,7 +94,7 @@ def time_variant(kind, rows, D, dtype, impl, examples, graph: bool = False) -> f
             p.grad = None
         y = fn_module(x)
         y.backward(dy)
-        if impl == "hf_gns":
+        if impl in ("hf_gns", "hf_gns_compile"):
             reset_stats(fn_module)
 
     step()
@@ -120,7 +121,8 @@ def main(argv=None) -> None:
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
           f"copy bandwidth {bw / 1e12:.2f} TB/s, liger {'yes' if have_liger else 'no'}", flush=True)
-    impls = ["torch", "torch_fused", "compile"] + (["liger"] if have_liger else []) + ["hf_gns", "hf_gns_off"]
+    impls = ["torch", "torch_fused", "compile"] + (["liger"] if have_liger else []) + ["hf_gns", "hf_gns_off",
+                                                                                      "hf_gns_compile"]
     results = []
     header = f"{'kind':9} {'dtype':8} {'rows x D':>12} {'floor':>6} " + " ".join(f"{i:>10}" for i in impls) + \
         "  gns/best  gns/floor  off/on  GB/s | GPU-only: gns/best gns/floor off/on"
@@ -142,7 +144,7 @@ def main(argv=None) -> None:
                         print(f"  {impl} failed at {kind} {dtype_name} D={D}: {error}", file=sys.stderr)
                         row[impl] = math.nan
                     torch._dynamo.reset()
-                for impl in ("torch", "torch_fused", "liger", "hf_gns", "hf_gns_off"):
+                for impl in ("torch", "torch_fused", "compile", "liger", "hf_gns", "hf_gns_off", "hf_gns_compile"):
                     if math.isnan(row.get(impl, math.nan)):
                         continue
                     try:
@@ -160,12 +162,14 @@ def main(argv=None) -> None:
                 row["vs_best"] = row["hf_gns"] / best
                 row["vs_floor"] = row["hf_gns"] / floor_us
                 row["off_vs_on"] = row["hf_gns_off"] / row["hf_gns"]
+                row["compiled_vs_compile"] = row.get("hf_gns_compile_gpu", math.nan) / row.get("compile_gpu", math.nan)
                 row["gbps"] = 5 * args.rows * D * dtype.itemsize / (row["hf_gns"] * 1e-6) / 1e9
                 results.append(row)
                 print(f"{kind:9} {dtype_name:8} {args.rows:>6}x{D:<5} {floor_us:6.0f} "
                       + " ".join(f"{row[i]:10.1f}" for i in impls)
                       + f"  {row['vs_best']:8.2f}  {row['vs_floor']:9.2f}  {row['off_vs_on']:6.2f}  {row['gbps']:5.0f}"
-                      + f" | {row['gpu_vs_best']:8.2f} {row['gpu_vs_floor']:9.2f} {row['gpu_off_vs_on']:6.2f}",
+                      + f" | {row['gpu_vs_best']:8.2f} {row['gpu_vs_floor']:9.2f} {row['gpu_off_vs_on']:6.2f}"
+                      + f" compiled/compile {row['compiled_vs_compile']:5.2f}",
                       flush=True)
                 if args.json:  # rewritten after every row, so a cut-off run keeps what it measured
                     with open(args.json, "w") as f:

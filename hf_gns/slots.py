@@ -76,8 +76,12 @@ class ExampleSlots(torch.autograd.Function):
         count = ctx.count
         if not isinstance(count, torch.Tensor):
             count = per_example.new_full((), count)
-        squares = [per_example[:, layout.column_slice(k)].square().sum() for k in range(len(layout.names))]
-        out = torch.cat([count.reshape(1).to(per_example.dtype), torch.stack(squares), per_example.sum(0)])
+        if len(set(layout.sizes)) == 1:  # weight and bias of one size: one reduction for both
+            squares = per_example.view(per_example.shape[0], len(layout.sizes), -1).square().sum((0, 2))
+        else:
+            squares = torch.stack([per_example[:, layout.column_slice(k)].square().sum()
+                                   for k in range(len(layout.names))])
+        out = torch.cat([count.reshape(1).to(per_example.dtype), squares, per_example.sum(0)])
         return out, None, None, None
 
 

@@ -56,6 +56,11 @@ def fresh_seed(request):
     yield seed
 
 
+def rand_int(low: int, high: int) -> int:
+    """Uniform in [low, high] from the (per-test seeded) torch RNG."""
+    return int(torch.randint(low, high + 1, ()).item())
+
+
 @pytest.fixture
 def one_thread():
     """Tiny matrices: one intra-op thread is faster (and, on a shared 2-core box, far steadier).

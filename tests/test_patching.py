@@ -36,6 +36,7 @@ from conftest import (
     num_label_tokens,
     oracle_stats,
     quiet_patch,
+    rand_int,
     rel_err,
     slice_batch,
 )
@@ -48,11 +49,6 @@ OPT_FLATTENED = (
     "/ per_example_grads rows = x.shape[0]), so that parameter sees B*T 'examples' instead of B "
     "and gather_stats reports 'parameters saw different numbers of examples'"
 )
-
-
-def rand_int(low: int, high: int) -> int:
-    """Uniform in [low, high] from the (per-test seeded) torch RNG."""
-    return int(torch.randint(low, high + 1, ()).item())
 
 
 def shape_for(case: str) -> tuple[int, int]:

@@ -34,7 +34,7 @@ from torch import nn
 from .batch_control import LR_SCALINGS, TokenClock, scale_lr_for_batch, wrap_lambda_lr
 from .distributed import sum_over_ranks
 from .estimator import GNSTracker, NotEstimable, estimate
-from .patch import pass_counters, patch_model, patched_modules
+from .patch import pass_counters, patch_model, patched_modules, place_statistics
 from .schedule import make_policy
 from .stats import PendingStats, gather_stats_async
 from .validation import check_choice, check_fraction, check_number, check_positive_int, check_type
@@ -68,6 +68,7 @@ class GNSLoop:
         self.model = accelerator.unwrap_model(model) if hasattr(accelerator, "unwrap_model") else model
         if not patched_modules(self.model):
             patch_model(self.model)
+        place_statistics(self.model)
         self.start_accumulation = self.accumulation = accumulation_steps
         self.max_tokens = max_tokens
         self.lr_scaling = lr_scaling
@@ -122,6 +123,7 @@ class GNSLoop:
     def set_prepared_model(self, model: nn.Module) -> None:
         """The model as returned by ``accelerator.prepare`` (for ``no_sync`` under DDP)."""
         self._prepared = model
+        place_statistics(self.model)
 
     @staticmethod
     def num_items(group: list, label_key: str = "labels", shift: bool = True) -> torch.Tensor:

@@ -24,7 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .batch_control import LR_SCALINGS, STATE_FILE, TrainerBatchControl, load_state, save_state
 from .distributed import sum_over_ranks
 from .estimator import GNSTracker, NotEstimable, estimate, estimate_per_param
-from .patch import pass_counters, patch_model, patched_modules
+from .patch import pass_counters, patch_model, patched_modules, place_statistics
 from .stats import PendingStats, gather_stats_async, reset_stats
 from .validation import check_choice, check_fraction, check_int, check_number, check_type
 
@@ -134,6 +134,7 @@ class GNSCallback(TrainerCallback):
             names = patch_model(model)
             logger.info("hf_gns: model was not patched; patched %d norm modules", len(names))
         if model is not None:
+            place_statistics(model)
             reset_stats(model)
             for counter in pass_counters(model):
                 counter.take_positions()

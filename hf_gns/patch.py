@@ -65,6 +65,20 @@ class PatchedNorm:
             return self.tap_layout
         return TapLayout(names, tuple(params[n].numel() for n in names))
 
+    def apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
+        """The module's ``_apply`` (``.to()``, ``.cuda()``, ``.half()``), then the tap follows the
+        parameters' device, so a compiled graph never meets a tap on another device."""
+        module = type(self.module_ref)._apply(self.module_ref, fn, recurse)
+        self.follow_parameters()
+        return module
+
+    def follow_parameters(self) -> None:
+        """Move the tap to the parameters' device (its statistics so far are dropped)."""
+        if self.tap is not None:
+            device = self.module_ref._parameters[self.tap_layout.names[0]].device
+            if self.tap.device != device:
+                self._ensure_tap(self.tap_layout, device)
+
     @torch.compiler.disable
     def _ensure_tap(self, layout: TapLayout | None, device: torch.device) -> None:
         """A tap for ``layout`` on ``device`` (made outside any compiled graph)."""
@@ -142,6 +156,7 @@ class PatchedNorm:
             module.__dict__.pop(self.forward_attr, None)
         else:
             module.__dict__[self.forward_attr] = self.saved_forward
+        module.__dict__.pop("_apply", None)
 
 
 def _single_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -254,6 +269,7 @@ def patch_model(
         state = PatchedNorm(module, name, plan, kernel, counter)
         module.__dict__[_STATE] = state
         module.__dict__[state.forward_attr] = types.MethodType(_patched_forward, module)
+        module.__dict__["_apply"] = state.apply
     if no_params:
         logger.warning("hf_gns: %d norm module(s) have no trainable affine parameters, nothing to record: %s",
                        len(no_params), ", ".join(n.split(" ")[0] for n in no_params[:8]))
@@ -261,6 +277,17 @@ def patch_model(
         warnings.warn("hf_gns could not patch these normalization modules, their gradients are not "
                       "in the statistics:\n  " + "\n  ".join(skipped), stacklevel=2)
     return patched_module_names(model)
+
+
+def place_statistics(model: nn.Module) -> None:
+    """Put every tap and token total on its parameters' device (done on ``.to()`` too); call it
+    after moving parameters by other means, before the first compiled forward."""
+    for _, state in patched_modules(model):
+        state.follow_parameters()
+    first = next(model.parameters(), None)
+    if first is not None:
+        for counter in pass_counters(model):
+            counter.place(first.device)
 
 
 def pass_counters(model: nn.Module) -> list[PassCounter]:

@@ -73,15 +73,15 @@ class ExampleSlots(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         layout = ctx.layout
         per_example = grad.float()
-        count = ctx.count
-        if not isinstance(count, torch.Tensor):
-            count = per_example.new_full((), count)
+        n = len(layout.names)
+        out = per_example.new_empty(layout.width)
         if len(set(layout.sizes)) == 1:  # weight and bias of one size: one reduction for both
-            squares = per_example.view(per_example.shape[0], len(layout.sizes), -1).square().sum((0, 2))
+            torch.sum(per_example.view(per_example.shape[0], n, -1).square(), (0, 2), out=out[1 : 1 + n])
         else:
-            squares = torch.stack([per_example[:, layout.column_slice(k)].square().sum()
-                                   for k in range(len(layout.names))])
-        out = torch.cat([count.reshape(1).to(per_example.dtype), squares, per_example.sum(0)])
+            for k in range(n):
+                out[1 + k] = per_example[:, layout.column_slice(k)].square().sum()
+        torch.sum(per_example, 0, out=out[1 + n :])
+        out[0] = ctx.count
         return out, None, None, None
 
 

@@ -20,6 +20,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_callback import CallbackHandler
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.training_args import ParallelMode
 
 from .batch_control import LR_SCALINGS, STATE_FILE, TrainerBatchControl, load_state, save_state
 from .distributed import sum_over_ranks
@@ -29,6 +30,16 @@ from .stats import PendingStats, gather_stats_async, reset_stats
 from .validation import check_choice, check_fraction, check_int, check_number, check_type
 
 logger = logging.getLogger(__name__)
+
+
+def refuse_data_parallel(args: TrainingArguments) -> None:
+    """The Trainer wraps the model in ``nn.DataParallel`` when it sees several GPUs without a
+    launcher; its replicas would run the patched norms on the original module's weights."""
+    if args.n_gpu > 1 and args.parallel_mode == ParallelMode.NOT_DISTRIBUTED:
+        raise RuntimeError(
+            f"hf_gns does not support nn.DataParallel, which the Trainer uses with {args.n_gpu} visible GPUs "
+            "and no launcher: launch with `torchrun --nproc_per_node N` or `accelerate launch` "
+            "(DistributedDataParallel, supported), or make one GPU visible (CUDA_VISIBLE_DEVICES=0)")
 
 
 def _find_in_stack(cls: type, depth: int = 8) -> Any:
@@ -129,6 +140,7 @@ class GNSCallback(TrainerCallback):
             trainer = _find_in_stack(Trainer, depth=12)
             if trainer is not None:
                 self.set_trainer(trainer)
+        refuse_data_parallel(args)
         self._model = model
         if model is not None and not patched_modules(model):
             names = patch_model(model)
@@ -196,8 +208,7 @@ class GNSCallback(TrainerCallback):
         inputs = next((c.last_inputs for c in pass_counters(model) if c.last_inputs), None) if model else None
         if not inputs:
             return
-        norm_names = [f"{st.qualname}.{n}" if st.qualname else n
-                      for _, st in patched_modules(model) for n in st.plan.param_names]
+        norm_names = [f"{name}.{n}" if name else n for name, st in patched_modules(model) for n in st.plan.param_names]
         try:
             stats = per_example_gradient_stats(model, inputs)
             values = {}

@@ -89,13 +89,14 @@ class PassCounter:
         self.slots: dict = {}
         self.totals: torch.Tensor | None = None
         self.problems: list[str] = []
+        self.depth = 0
         self.paused = False
         self.keep_inputs = False
         self.last_inputs: dict | None = None
 
     def __getstate__(self) -> dict:
         """Copies and pickles carry no tensors of a pass in flight (they are not leaves)."""
-        return {**self.__dict__, "slots": {}, "packed": None, "last_inputs": None, "problems": []}
+        return {**self.__dict__, "slots": {}, "packed": None, "last_inputs": None, "problems": [], "depth": 0}
 
     @torch.compiler.disable
     def place(self, device: torch.device) -> None:
@@ -104,6 +105,22 @@ class PassCounter:
             self.totals = torch.zeros(2, dtype=torch.float64, device=device)
         elif self.totals.device != device:
             self.totals = self.totals.to(device)
+
+    def enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """A call of an entry module begins; the outermost one starts a pass."""
+        if self.depth == 0:
+            self.start_pass(module, args, kwargs)
+        self.depth += 1
+
+    def exit(self) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            self.slots = {}
+
+    def in_pass(self) -> bool:
+        """Whether a forward pass of the model is running, or autograd is recomputing one
+        (activation checkpointing), so that the current layout applies."""
+        return self.depth > 0 or _in_backward()
 
     def start_pass(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self.paused:
@@ -144,6 +161,11 @@ class PassCounter:
         taken = list(self.problems)
         del self.problems[:]
         return taken
+
+
+def _in_backward() -> bool:
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
 
 
 def _input_device(args: tuple, kwargs: dict) -> torch.device | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import logging
-import types
+import os
 import warnings
 from dataclasses import replace
 from typing import Callable, Iterable
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 KERNELS = ("auto", "triton", "torch")
 _STATE = "_hf_gns"
 _ROOT_STATE = "_hf_gns_root"
+_ENTRY = "_hf_gns_entry"
 
 
 def _forward_attr(module: nn.Module) -> str:
@@ -46,13 +47,22 @@ class PatchedNorm:
         self.counter = counter
         self.forward_attr = _forward_attr(module)
         self.saved_forward = module.__dict__.get(self.forward_attr)
-        self.original_forward: Callable = getattr(module, self.forward_attr)
+        own = getattr(module, self.forward_attr)
+        # the class's own forward is bound when needed (a pickled model must not pickle a bound
+        # method that would resolve, when loaded, to the patched forward itself)
+        self._original = None if getattr(own, "__func__", None) is type(module).forward else own
         self.module_ref = module
         self.enabled = True
         self.warned: set[str] = set()
         self.tap: torch.Tensor | None = None
         self.tap_layout: TapLayout | None = None
         self._ensure_tap(self.trainable_layout(), module._parameters[plan.param_names[0]].device)
+
+    @property
+    def original_forward(self) -> Callable:
+        if self._original is not None:
+            return self._original
+        return functools.partial(type(self.module_ref).forward, self.module_ref)
 
     # -- statistics channel ------------------------------------------------------------------
     def trainable_layout(self) -> TapLayout | None:
@@ -112,6 +122,14 @@ class PatchedNorm:
         if x is None:  # called with more than the input (a gate, ...)
             self._warn_once("it was called with extra arguments; its parameters are left out of the statistics")
             return self.original_forward(*args, **kwargs)
+        if not self.counter.in_pass():
+            self._warn_once("it ran outside any call of the patched model, so the examples of its input are "
+                            "unknown; left out of the statistics (patch the module you call)")
+            return self.original_forward(*args, **kwargs)
+        if x.device != self.module_ref._parameters[layout.names[0]].device:
+            raise RuntimeError(f"hf_gns: {self.qualname}: input on {x.device}, parameters on "
+                               f"{self.module_ref._parameters[layout.names[0]].device}: a replica of nn.DataParallel? "
+                               "Use DistributedDataParallel (torchrun / accelerate launch)")
         spec = find_spec(x, self.counter.batch_size, self.counter.packed)
         if isinstance(spec, str):
             self._warn_once(f"{spec}; its parameters are left out of the statistics")
@@ -186,10 +204,6 @@ def _kernels():
     return op
 
 
-def _patched_forward(module: nn.Module, *args, **kwargs):
-    return getattr(module, _STATE).forward(*args, **kwargs)
-
-
 def _foreign_forward(module: nn.Module) -> str | None:
     """Why the module's forward is already someone else's, if it is."""
     if type(module).__name__.startswith("Liger"):
@@ -209,23 +223,62 @@ def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _start_pass(module: nn.Module, args: tuple, kwargs: dict) -> None:
-    """Forward pre-hook of a patched root: the counter is looked up on the module itself, so that a
-    deep copy of a patched model (a reference or EMA model) counts its own passes."""
-    root = module.__dict__.get(_ROOT_STATE)
-    if root is not None:
-        root[0].start_pass(module, args, kwargs)
+def _enter(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook of an entry module. The counter is looked up on the module itself, so that
+    a deep copy of a patched model (a reference or EMA model) counts its own passes."""
+    entry = module.__dict__.get(_ENTRY)
+    if entry is not None:
+        entry[0].enter(module, args, kwargs)
+
+
+def _exit(module: nn.Module, args: tuple, kwargs: dict, output) -> None:
+    entry = module.__dict__.get(_ENTRY)
+    if entry is not None:
+        entry[0].exit()
 
 
 def _root_counter(model: nn.Module) -> PassCounter:
-    root = model.__dict__.get(_ROOT_STATE)
-    if root is None:
-        counter = PassCounter()
+    """The model's pass counter; a part of it patched before (``patch_model(m.model)``) hands over its
+    counter, so every input is counted once whichever level was patched first."""
+    counter = model.__dict__.get(_ROOT_STATE)
+    if counter is None:
+        inner = [m.__dict__.pop(_ROOT_STATE) for m in model.modules() if m is not model and _ROOT_STATE in m.__dict__]
+        counter = inner[0] if inner else PassCounter()
         first = next(model.parameters(), None)
         counter.place(first.device if first is not None else torch.device("cpu"))
-        handle = model.register_forward_pre_hook(_start_pass, with_kwargs=True)
-        root = model.__dict__[_ROOT_STATE] = (counter, handle)
-    return root[0]
+        model.__dict__[_ROOT_STATE] = counter
+    return counter
+
+
+def _remove_entries(model: nn.Module) -> None:
+    for module in model.modules():
+        entry = module.__dict__.pop(_ENTRY, None)
+        if entry is not None:
+            entry[1].remove()
+            entry[2].remove()
+
+
+def _set_entries(model: nn.Module, counter: PassCounter) -> None:
+    """Mark where a forward pass starts: the model and every module on the path down to the lowest
+    module that holds all patched norms. A pass starts at the outermost of them that is called, so
+    ``model(...)``, ``model.forward(...)`` and ``model.model(...)`` (a custom head) all count."""
+    _remove_entries(model)
+    names = [name for name, _ in patched_modules(model)]
+    parts = [n.split(".") for n in names]
+    common = []
+    for level in zip(*parts) if parts else ():
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    if parts and len(common) == min(len(p) for p in parts):
+        common = common[:-1]  # a single patched norm: its parent is the lowest holder
+    chain = [model]
+    for depth in range(1, len(common) + 1):
+        chain.append(model.get_submodule(".".join(common[:depth])))
+    for module in chain:
+        pre = module.register_forward_pre_hook(_enter, with_kwargs=True)
+        post = module.register_forward_hook(_exit, with_kwargs=True, always_call=True)
+        module.__dict__[_ENTRY] = (counter, pre, post)
 
 
 def patch_model(
@@ -249,6 +302,18 @@ def patch_model(
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "triton" and not _triton_importable():
         raise RuntimeError("kernel='triton' needs the triton package")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"patch_model: model must be a torch.nn.Module, got {type(model).__name__}")
+    if kernel == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        devices = {p.device.type for p in model.parameters()}
+        if devices - {"cuda"}:
+            raise ValueError(f"patch_model: kernel='triton' runs the Triton kernels, which need CUDA tensors, but "
+                             f"the model's parameters are on {sorted(devices)}: move the model to a GPU first, "
+                             "use kernel='auto' (Triton on CUDA, PyTorch elsewhere), or set TRITON_INTERPRET=1")
+    if isinstance(model, nn.DataParallel):
+        raise TypeError("patch_model: nn.DataParallel is not supported (its replicas would run the patched norms "
+                        "on the original module's weights): use DistributedDataParallel (torchrun / accelerate "
+                        "launch), or patch the module inside before wrapping it in anything else")
     counter = _root_counter(model)
     skipped: list[str] = []
     no_params: list[str] = []
@@ -268,8 +333,14 @@ def patch_model(
             continue
         state = PatchedNorm(module, name, plan, kernel, counter)
         module.__dict__[_STATE] = state
-        module.__dict__[state.forward_attr] = types.MethodType(_patched_forward, module)
+        module.__dict__[state.forward_attr] = state.forward
         module.__dict__["_apply"] = state.apply
+    for name, state in patched_modules(model):  # norms patched before through a part of the model
+        state.counter, state.qualname = counter, name
+    _set_entries(model, counter)
+    if not patched_modules(model) and not skipped and not no_params:
+        warnings.warn(f"hf_gns: {type(model).__name__} has no normalization layer to patch: nothing will be "
+                      "measured (hf_gns reads per-example gradients of LayerNorm / RMSNorm parameters)", stacklevel=2)
     if no_params:
         logger.warning("hf_gns: %d norm module(s) have no trainable affine parameters, nothing to record: %s",
                        len(no_params), ", ".join(n.split(" ")[0] for n in no_params[:8]))
@@ -292,7 +363,7 @@ def place_statistics(model: nn.Module) -> None:
 
 def pass_counters(model: nn.Module) -> list[PassCounter]:
     """The pass counters of every patched root inside ``model`` (wrappers included)."""
-    return [m.__dict__[_ROOT_STATE][0] for m in model.modules() if _ROOT_STATE in m.__dict__]
+    return list({id(c): c for c in (m.__dict__[_ROOT_STATE] for m in model.modules() if _ROOT_STATE in m.__dict__)}.values())
 
 
 def patched_modules(model: nn.Module) -> list[tuple[str, PatchedNorm]]:
@@ -309,9 +380,9 @@ def unpatch_model(model: nn.Module) -> None:
     for _, state in patched_modules(model):
         state.restore()
         del state.module_ref.__dict__[_STATE]
-    root = model.__dict__.pop(_ROOT_STATE, None)
-    if root is not None:
-        root[1].remove()
+    _remove_entries(model)
+    for module in model.modules():
+        module.__dict__.pop(_ROOT_STATE, None)
 
 
 def set_recording(model: nn.Module, enabled: bool) -> None:

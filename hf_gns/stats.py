@@ -56,11 +56,22 @@ class _Tapped:
     tap: torch.Tensor
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP / DataParallel / ``torch.compile`` wrappers (which only prefix names)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def _tapped(model: nn.Module) -> list[_Tapped]:
     out = []
-    for _, state in patched_modules(model):
+    for name, state in patched_modules(unwrap(model)):  # names as in named_parameters() (PEFT too)
         if state.tap is not None:
-            prefix = f"{state.qualname}." if state.qualname else ""
+            prefix = f"{name}." if name else ""
             out.append(_Tapped(tuple(prefix + n for n in state.tap_layout.names), state.tap_layout, state.tap))
     return out
 

@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--torch_compile", action="store_true", help="compile the model (GNS is recorded the same)")
     p.add_argument("--report_to", default="none", help="comma-separated, e.g. 'wandb,tensorboard'")
     p.add_argument("--logging_steps", type=int, default=1)
     p.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps (always once at the end)")
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         max_steps=args.max_steps,
         seed=args.seed,
         bf16=args.bf16,
+        torch_compile=args.torch_compile,
         report_to=[r for r in args.report_to.split(",") if r] or "none",
         logging_steps=args.logging_steps,
         eval_strategy="steps" if args.eval_steps else "no",

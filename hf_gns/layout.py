@@ -53,8 +53,25 @@ class PackedBatch:
     starts: tuple[int, ...] | None = None  # start offsets plus the end, when known on the host
 
 
-def find_spec(x: torch.Tensor, batch_size: int | None, packed: PackedBatch | None) -> ExampleSpec | str:
-    """The example structure of ``x``, or why it cannot be found."""
+@dataclass(frozen=True)
+class PassInputs:
+    """What the model's inputs say about the examples of a pass."""
+
+    batch_size: int | None = None
+    seq_len: int | None = None       # tokens per example (last dim of input_ids), if known
+    image_rows: int | None = None    # rows of a flattened ``pixel_values`` (vision patches of all images)
+
+
+def find_spec(x: torch.Tensor, inputs: PassInputs, packed: PackedBatch | None,
+              known_dim: int | None = None) -> ExampleSpec | str:
+    """The example structure of ``x``, or why it cannot be known.
+
+    A shape coincidence never decides: when dims 0 and 1 of ``x`` could both hold the batch
+    (a sequence length or head count equal to the batch size), ``known_dim``, the dimension an
+    unambiguous call of the module (or else of the model) showed, decides, or nothing does. Rows of a 2-D input are one
+    example each, or the tokens of the examples in order (``batch x seq_len`` rows); anything
+    else (vision patches, a table shared by all examples) belongs to no example.
+    """
     if x.dim() < 2:
         return f"input of shape {tuple(x.shape)} has no batch dimension"
     if packed is not None:
@@ -63,12 +80,31 @@ def find_spec(x: torch.Tensor, batch_size: int | None, packed: PackedBatch | Non
                 if x.shape[dim] == packed.tokens:
                     return ExampleSpec(dim, packed.tokens, segment_ids=packed.segment_ids, segments=packed.starts)
         return f"packed batch of {packed.tokens} tokens, but no dimension of input {tuple(x.shape)} has that size"
-    batch = batch_size
-    if batch is None or x.shape[0] == batch:
+    batch = inputs.batch_size
+    if batch is None:
         return ExampleSpec(0, x.shape[0])
-    if x.dim() == 2 and x.shape[0] % batch == 0:
-        return ExampleSpec(0, batch, group=x.shape[0] // batch)
-    if x.dim() >= 3 and x.shape[1] == batch:
+    if batch == 1 and x.shape[0] == 1:
+        return ExampleSpec(0, 1)
+    if x.dim() == 2:
+        if inputs.image_rows is not None and x.shape[0] == inputs.image_rows:
+            return f"its {x.shape[0]} input rows are image patches, which are not mapped to examples"
+        if x.shape[0] == batch:
+            return ExampleSpec(0, batch)
+        if inputs.seq_len is not None and x.shape[0] == batch * inputs.seq_len:
+            return ExampleSpec(0, batch, group=inputs.seq_len)
+        return f"the {x.shape[0]} rows of its 2-D input are neither the {batch} examples nor their tokens"
+    first, second = x.shape[0] == batch, x.shape[1] == batch
+    if first and second:  # [B, B, ...]: batch-first with T == B, or sequence-first
+        if known_dim is not None:
+            return ExampleSpec(known_dim, batch)
+        return (f"dims 0 and 1 of its input {tuple(x.shape)} both match the batch size {batch} and no earlier "
+                "call showed which one holds the examples")
+    if first:
+        return ExampleSpec(0, batch)
+    if second:
+        if inputs.seq_len is not None and inputs.seq_len == batch and known_dim != 1:
+            return (f"dim 1 of its input {tuple(x.shape)} matches the batch size {batch}, but so does the "
+                    "sequence length")
         return ExampleSpec(1, batch)
     return f"no dimension of input {tuple(x.shape)} matches the batch size {batch}"
 
@@ -84,11 +120,13 @@ class PassCounter:
     """
 
     def __init__(self) -> None:
-        self.batch_size: int | None = None
+        self.inputs = PassInputs()
+        self.example_dim: int | None = None  # where the model's examples are, once a call showed it
         self.packed: PackedBatch | None = None
         self.slots: dict = {}
         self.totals: torch.Tensor | None = None
         self.problems: list[str] = []
+        self.notes: list[str] = []  # warnings raised while a graph was being compiled
         self.depth = 0
         self.paused = False
         self.keep_inputs = False
@@ -126,8 +164,8 @@ class PassCounter:
         if self.paused:
             return
         self.slots = {}
-        self.batch_size = batch_size(args, kwargs)
-        self.packed = packed_batch(kwargs) if self.batch_size in (None, 1) else None
+        self.inputs = pass_inputs(args, kwargs)
+        self.packed = packed_batch(kwargs) if self.inputs.batch_size in (None, 1) else None
         if module.training and torch.is_grad_enabled():
             if self.keep_inputs:
                 self.last_inputs = dict(kwargs)
@@ -156,6 +194,12 @@ class PassCounter:
         if reset:
             self.totals[1].zero_()
         return taken
+
+    def say_notes(self) -> None:
+        """Issue the warnings noted while compiling (outside any graph)."""
+        for note in self.notes:
+            warnings.warn(note, stacklevel=3)
+        del self.notes[:]
 
     def take_problems(self) -> list[str]:
         taken = list(self.problems)
@@ -188,6 +232,25 @@ def batch_size(args: tuple, kwargs: dict) -> int | None:
     if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 1:
         return args[0].shape[0]
     return None
+
+
+def pass_inputs(args: tuple, kwargs: dict) -> PassInputs:
+    """Batch size, tokens per example and image rows of a model call, from its inputs' shapes."""
+    seq_len = None
+    for name in ("input_ids", "decoder_input_ids"):
+        value = kwargs.get(name)
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            seq_len = value.shape[-1]
+            break
+    else:
+        embeds = kwargs.get("inputs_embeds")
+        if isinstance(embeds, torch.Tensor) and embeds.dim() >= 3:
+            seq_len = embeds.shape[-2]
+        elif args and isinstance(args[0], torch.Tensor) and args[0].dim() == 2 and not args[0].is_floating_point():
+            seq_len = args[0].shape[1]
+    pixels = kwargs.get("pixel_values")
+    image_rows = pixels.shape[0] if isinstance(pixels, torch.Tensor) and pixels.dim() == 2 else None
+    return PassInputs(batch_size(args, kwargs), seq_len, image_rows)
 
 
 def input_positions(args: tuple, kwargs: dict) -> int:

@@ -56,6 +56,8 @@ class PatchedNorm:
         self.warned: set[str] = set()
         self.tap: torch.Tensor | None = None
         self.tap_layout: TapLayout | None = None
+        self.example_dim: int | None = None
+        self.unmeasurable: str | None = None
         self._ensure_tap(self.trainable_layout(), module._parameters[plan.param_names[0]].device)
 
     @property
@@ -130,9 +132,28 @@ class PatchedNorm:
             raise RuntimeError(f"hf_gns: {self.qualname}: input on {x.device}, parameters on "
                                f"{self.module_ref._parameters[layout.names[0]].device}: a replica of nn.DataParallel? "
                                "Use DistributedDataParallel (torchrun / accelerate launch)")
-        spec = find_spec(x, self.counter.batch_size, self.counter.packed)
+        if self.unmeasurable is not None:
+            return self.original_forward(*args, **kwargs)
+        if _is_parameter_data(x):
+            self._give_up("its input is a parameter (a table shared by all examples, like DeBERTa's relative "
+                          "positions), whose rows belong to no example")
+            return self.original_forward(*args, **kwargs)
+        known = self.example_dim if self.example_dim is not None else self.counter.example_dim
+        spec = find_spec(x, self.counter.inputs, self.counter.packed, known)
         if isinstance(spec, str):
             self._warn_once(f"{spec}; its parameters are left out of the statistics")
+            if (x.dim() == 2 and spec.startswith("the ")) or "image patches" in spec:
+                self._give_up(spec)  # rows of no example: its per-example gradients cannot be taken
+            return self.original_forward(*args, **kwargs)
+        if not spec.packed and x.dim() >= 3 and self.example_dim is None and x.shape[0] != x.shape[1]:
+            # an unambiguous call shows where this module's (and, until shown otherwise, the model's) examples are
+            self.example_dim = spec.dim
+            if self.counter.example_dim is None:
+                self.counter.example_dim = spec.dim
+        kind = "rows" if x.dim() == 2 and spec.group > 1 else "batched"
+        seen = self.counter.slots.setdefault(("kinds", self), kind)
+        if seen != kind:  # one module fed per-example inputs and flattened rows in one pass
+            self._give_up("it gets per-example inputs and flattened rows in one forward, so the rows' examples are unknown")
             return self.original_forward(*args, **kwargs)
         slots = self._slots(x, spec, layout)
         if slots is None:
@@ -155,10 +176,20 @@ class PatchedNorm:
             starts = self.counter.slots["starts"] = host_segment_starts(self.counter.packed)
         return starts
 
+    def _give_up(self, reason: str) -> None:
+        """Leave this module's parameters out of the statistics for good (its taps are dropped)."""
+        if self.unmeasurable is None:
+            self.unmeasurable = reason
+            self._warn_once(f"{reason}; its parameters are left out of the statistics")
+
     def _warn_once(self, message: str) -> None:
         if message not in self.warned:
             self.warned.add(message)
-            warnings.warn(f"hf_gns: {self.qualname or type(self.module_ref).__name__}: {message}", stacklevel=4)
+            text = f"hf_gns: {self.qualname or type(self.module_ref).__name__}: {message}"
+            if torch.compiler.is_compiling():  # a warning would break the graph: said when gathered
+                self.counter.notes.append(text)
+            else:
+                warnings.warn(text, stacklevel=4)
 
     def _use_triton(self, x: torch.Tensor) -> bool:
         if self.kernel == "torch" or self.plan.formula is None or torch.compiler.is_compiling():
@@ -175,6 +206,11 @@ class PatchedNorm:
         else:
             module.__dict__[self.forward_attr] = self.saved_forward
         module.__dict__.pop("_apply", None)
+
+
+def _is_parameter_data(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a parameter or a view of one: no example's data."""
+    return isinstance(x, nn.Parameter) or isinstance(x._base, nn.Parameter)
 
 
 def _single_input(args: tuple, kwargs: dict) -> torch.Tensor | None:

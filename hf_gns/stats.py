@@ -70,7 +70,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def _tapped(model: nn.Module) -> list[_Tapped]:
     out = []
     for name, state in patched_modules(unwrap(model)):  # names as in named_parameters() (PEFT too)
-        if state.tap is not None:
+        if state.tap is not None and state.unmeasurable is None:
             prefix = f"{name}." if name else ""
             out.append(_Tapped(tuple(prefix + n for n in state.tap_layout.names), state.tap_layout, state.tap))
     return out
@@ -148,6 +148,8 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
     """
     entries = _tapped(model)
     counters = pass_counters(model)
+    for counter in counters:
+        counter.say_notes()
     problems = [p for c in counters for p in c.take_problems()]
     world = _world_size(reduce)
     device_tokens = [t for t in (c.take_tokens(reset) for c in counters) if t is not None]

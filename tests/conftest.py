@@ -61,6 +61,13 @@ def rand_int(low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, ()).item())
 
 
+def rand_length(low: int, high: int, *batches: int) -> int:
+    """A sequence length in [low, high] other than any batch size > 1: with T == B the example dim
+    of a [B, T, D] input is ambiguous by shape, which hf_gns refuses to guess (tested on its own)."""
+    choices = [t for t in range(low, high + 1) if t == 1 or t not in batches]
+    return choices[int(torch.randint(len(choices), ()))]
+
+
 @pytest.fixture
 def one_thread():
     """Tiny matrices: one intra-op thread is faster (and, on a shared 2-core box, far steadier).

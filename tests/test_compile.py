@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import hf_gns
 from conftest import (ARCHS, assert_stats_match, clone, example_grads_bruteforce, make_batch, make_model,
-                      norm_param_names, oracle_stats, per_example_losses, rand_int, slice_batch)
+                      norm_param_names, oracle_stats, per_example_losses, rand_int, rand_length)
 
 DEVICE = os.environ.get("HF_GNS_TEST_DEVICE", "cpu")
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
@@ -69,7 +69,8 @@ def test_compiled_families_match_bruteforce(name):
     ref = clone(model)
     hf_gns.patch_model(model, kernel="torch")
     compiled = torch.compile(model, backend="aot_eager")
-    batches = _micro_batches(name, model, [rand_int(1, 3), rand_int(2, 4)], rand_int(2, 6))
+    sizes = [rand_int(1, 3), rand_int(2, 4)]
+    batches = _micro_batches(name, model, sizes, rand_length(2, 6, *sizes))
     n = sum(b["targets"].numel() for b in batches)
     _train(compiled, batches, n)
     stats = hf_gns.gather_stats(model)
@@ -84,7 +85,7 @@ def test_inductor_fullgraph_matches_bruteforce(name):
     ref = clone(model)
     hf_gns.patch_model(model, kernel="auto")
     compiled = torch.compile(model, fullgraph=True)
-    T = rand_int(3, 6)
+    T = rand_length(3, 6, 2, 3)
     batches = []
     for size in (2, 3, 2):
         batch = {k: v.to(DEVICE) for k, v in make_batch(name, model, size, T).items()}
@@ -178,7 +179,7 @@ def test_gradient_checkpointing_compiled(reentrant):
     ref = clone(model)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     hf_gns.patch_model(model, kernel="torch")
-    batches = _micro_batches("llama", model, [2, 3], rand_int(2, 5))
+    batches = _micro_batches("llama", model, [2, 3], rand_length(2, 5, 2, 3))
     n = sum(b["targets"].numel() for b in batches)
     _train(torch.compile(model, backend="aot_eager"), batches, n)
     assert_stats_match(hf_gns.gather_stats(model), _oracle(ref, batches, n), rtol=1e-4, what="checkpointing")

@@ -20,6 +20,7 @@ from conftest import (
     make_batch,
     make_model,
     norm_param_names,
+    rand_length,
 )
 
 
@@ -174,7 +175,7 @@ def test_end_to_end_patched_model_vs_bruteforce():
         ref = clone(model)
         hf_gns.patch_model(model, kernel="torch")
         B = int(torch.randint(2, 6, ()))
-        batch = make_batch(name, model, B, int(torch.randint(1, 7, ())))
+        batch = make_batch(name, model, B, rand_length(1, 7, B))
         batch_loss(model, batch).backward()
         est = estimate(hf_gns.gather_stats(model))
         per_example = example_grads_bruteforce(ref, batch, norm_param_names(ref))

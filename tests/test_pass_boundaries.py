@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import hf_gns
 from conftest import (assert_stats_match, clone, example_grads_bruteforce, make_batch, make_model,
-                      norm_param_names, oracle_stats, rand_int)
+                      norm_param_names, oracle_stats, rand_int, rand_length)
 
 
 def _head_losses(model, batch):
@@ -38,7 +38,7 @@ def test_micro_batches_through_a_bypassed_root_stay_apart(loss_fn):
     model = make_model("llama")
     ref = clone(model)
     hf_gns.patch_model(model, kernel="torch")
-    T = rand_int(2, 5)
+    T = rand_length(2, 5, 3)
     batches = [make_batch("llama", model, 3, T) for _ in range(2)]
     n = sum(b["targets"].numel() for b in batches)
     for batch in batches:
@@ -117,7 +117,7 @@ def test_a_saved_patched_model_loads_patched_and_records(how, tmp_path):
     else:
         loaded = pickle.loads(pickle.dumps(model))
     assert sorted(hf_gns.patched_module_names(loaded)) == sorted(hf_gns.patched_module_names(model))
-    batch = make_batch("llama", loaded, 3, rand_int(2, 5))
+    batch = make_batch("llama", loaded, 3, rand_length(2, 5, 3))
     n = batch["targets"].numel()
     (_forward_losses(loaded, batch).sum() / n).backward()
     stats = hf_gns.gather_stats(loaded)

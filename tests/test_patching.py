@@ -37,6 +37,7 @@ from conftest import (
     oracle_stats,
     quiet_patch,
     rand_int,
+    rand_length,
     rel_err,
     slice_batch,
 )
@@ -58,7 +59,8 @@ def shape_for(case: str) -> tuple[int, int]:
         return 1, rand_int(2, 7)
     if case == "t1":
         return rand_int(2, 5), 1
-    return rand_int(2, 5), rand_int(2, 7)
+    B = rand_int(2, 5)
+    return B, rand_length(2, 7, B)
 
 
 def norm_module_names(model: nn.Module) -> list[str]:
@@ -230,7 +232,8 @@ def test_bf16_autocast_matches_bruteforce(name):
     model = make_model(name)
     ref = clone(model)
     quiet_patch(model, kernel="torch")
-    batch = make_batch(name, model, rand_int(2, 5), rand_int(3, 7))
+    B = rand_int(2, 5)
+    batch = make_batch(name, model, B, rand_length(3, 7, B))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = forward_logits(model, batch)
         logits_ref = forward_logits(ref, batch)
@@ -303,7 +306,8 @@ def test_gradient_checkpointing(reentrant):
     kwargs = None if reentrant is None else {"use_reentrant": reentrant}
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     hf_gns.patch_model(model, kernel="torch")
-    batch = make_batch("llama", model, rand_int(2, 5), rand_int(2, 6))
+    B = rand_int(2, 5)
+    batch = make_batch("llama", model, B, rand_length(2, 6, B))
     batch_loss(model, batch).backward()
     stats = hf_gns.gather_stats(model)
     oracle = oracle_stats(example_grads_bruteforce(ref, batch, norm_param_names(ref)))
@@ -848,7 +852,8 @@ def test_padding_attention_mask(name):
     model = make_model(name)
     ref = clone(model)
     hf_gns.patch_model(model, kernel="torch")
-    B, T = rand_int(2, 5), rand_int(3, 7)
+    B = rand_int(2, 5)
+    T = rand_length(3, 7, B)
     batch = make_batch(name, model, B, T)
     lengths = torch.randint(1, T + 1, (B,))
     mask = (torch.arange(T)[None] < lengths[:, None]).long()
@@ -871,7 +876,8 @@ def test_bf16_weights_match_bruteforce(name):
     model.to(torch.bfloat16)
     ref = make_model(name).to(torch.bfloat16)
     ref.load_state_dict(model.state_dict())
-    batch = make_batch(name, model, rand_int(2, 5), rand_int(2, 6))
+    B = rand_int(2, 5)
+    batch = make_batch(name, model, B, rand_length(2, 6, B))
     assert torch.equal(forward_logits(model, batch), forward_logits(ref, batch))
     batch_loss(model, batch).backward()
     stats = hf_gns.gather_stats(model)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -63,12 +64,13 @@ class PassInputs:
 
 
 def find_spec(x: torch.Tensor, inputs: PassInputs, packed: PackedBatch | None,
-              known_dim: int | None = None) -> ExampleSpec | str:
+              known_dim: Callable[[], int | None] = lambda: None) -> ExampleSpec | str:
     """The example structure of ``x``, or why it cannot be known.
 
     A shape coincidence never decides: when dims 0 and 1 of ``x`` could both hold the batch
-    (a sequence length or head count equal to the batch size), ``known_dim``, the dimension an
-    unambiguous call of the module (or else of the model) showed, decides, or nothing does. Rows of a 2-D input are one
+    (a sequence length or head count equal to the batch size), ``known_dim()``, the dimension an
+    unambiguous call of the module (or else of the model) showed, decides, or nothing does. It is
+    asked only then, so that a compiled graph specializes on it only where it matters. Rows of a 2-D input are one
     example each, or the tokens of the examples in order (``batch x seq_len`` rows); anything
     else (vision patches, a table shared by all examples) belongs to no example.
     """
@@ -95,14 +97,15 @@ def find_spec(x: torch.Tensor, inputs: PassInputs, packed: PackedBatch | None,
         return f"the {x.shape[0]} rows of its 2-D input are neither the {batch} examples nor their tokens"
     first, second = x.shape[0] == batch, x.shape[1] == batch
     if first and second:  # [B, B, ...]: batch-first with T == B, or sequence-first
-        if known_dim is not None:
-            return ExampleSpec(known_dim, batch)
+        known = known_dim()
+        if known is not None:
+            return ExampleSpec(known, batch)
         return (f"dims 0 and 1 of its input {tuple(x.shape)} both match the batch size {batch} and no earlier "
                 "call showed which one holds the examples")
     if first:
         return ExampleSpec(0, batch)
     if second:
-        if inputs.seq_len is not None and inputs.seq_len == batch and known_dim != 1:
+        if inputs.seq_len is not None and inputs.seq_len == batch and known_dim() != 1:
             return (f"dim 1 of its input {tuple(x.shape)} matches the batch size {batch}, but so does the "
                     "sequence length")
         return ExampleSpec(1, batch)

@@ -138,18 +138,16 @@ class PatchedNorm:
             self._give_up("its input is a parameter (a table shared by all examples, like DeBERTa's relative "
                           "positions), whose rows belong to no example")
             return self.original_forward(*args, **kwargs)
-        known = self.example_dim if self.example_dim is not None else self.counter.example_dim
-        spec = find_spec(x, self.counter.inputs, self.counter.packed, known)
+        spec = find_spec(x, self.counter.inputs, self.counter.packed, self._known_dim)
         if isinstance(spec, str):
             self._warn_once(f"{spec}; its parameters are left out of the statistics")
             if (x.dim() == 2 and spec.startswith("the ")) or "image patches" in spec:
                 self._give_up(spec)  # rows of no example: its per-example gradients cannot be taken
             return self.original_forward(*args, **kwargs)
-        if not spec.packed and x.dim() >= 3 and self.example_dim is None and x.shape[0] != x.shape[1]:
-            # an unambiguous call shows where this module's (and, until shown otherwise, the model's) examples are
-            self.example_dim = spec.dim
-            if self.counter.example_dim is None:
-                self.counter.example_dim = spec.dim
+        if not spec.packed and x.dim() >= 3 and x.shape[0] != x.shape[1]:
+            # an unambiguous call shows where this module's (and the model's) examples are; written, not
+            # read, so that a compiled graph does not specialize on it
+            self.example_dim = self.counter.example_dim = spec.dim
         kind = "rows" if x.dim() == 2 and spec.group > 1 else "batched"
         seen = self.counter.slots.setdefault(("kinds", self), kind)
         if seen != kind:  # one module fed per-example inputs and flattened rows in one pass
@@ -175,6 +173,10 @@ class PatchedNorm:
         if starts is None:
             starts = self.counter.slots["starts"] = host_segment_starts(self.counter.packed)
         return starts
+
+    def _known_dim(self) -> int | None:
+        """Where an unambiguous call showed this module's (else the model's) examples to be."""
+        return self.example_dim if self.example_dim is not None else self.counter.example_dim
 
     def _give_up(self, reason: str) -> None:
         """Leave this module's parameters out of the statistics for good (its taps are dropped)."""

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 import hf_gns
-from conftest import make_model, rel_err
+from conftest import make_model, rand_length, rel_err
 
 
 def test_ddp_two_ranks_equal_single_process(tmp_path):
     model = make_model("llama")
     model.save_pretrained(tmp_path / "model")
-    T = int(torch.randint(1, 7, ()))
+    T = rand_length(1, 6, 4, 8)  # 4 examples per rank, 8 in the single-process run
     batch = {"input_ids": torch.randint(0, model.config.vocab_size, (8, T)),
              "targets": torch.randint(0, model.config.vocab_size, (8, T))}
     torch.save(batch, tmp_path / "batch.pt")

@@ -57,7 +57,8 @@ def test_patching_a_part_then_the_whole_counts_once():
     hf_gns.patch_model(model.model, kernel="torch")
     hf_gns.patch_model(model, kernel="torch")
     assert len(hf_gns.patch.pass_counters(model)) == 1
-    batch = make_batch("llama", model, rand_int(2, 4), rand_int(2, 5))
+    B = rand_int(2, 4)
+    batch = make_batch("llama", model, B, rand_length(2, 5, B))
     n = batch["targets"].numel()
     (_forward_losses(model, batch).sum() / n).backward()
     stats = hf_gns.gather_stats(model)

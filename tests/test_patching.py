@@ -217,7 +217,8 @@ def test_odd_hidden_sizes(name, hidden):
     model = make_model(name, hidden=hidden)
     ref = clone(model)
     quiet_patch(model, kernel="torch")
-    batch = make_batch(name, model, rand_int(1, 5), rand_int(1, 6))
+    B = rand_int(1, 5)
+    batch = make_batch(name, model, B, rand_length(1, 6, B))
     batch_loss(model, batch).backward()
     stats = hf_gns.gather_stats(model)
     oracle = oracle_stats(example_grads_bruteforce(ref, batch, norm_param_names(ref)))
@@ -282,7 +283,7 @@ def test_grad_accumulation_equals_big_batch(name):
     big = clone(model)
     hf_gns.patch_model(model, kernel="torch")
     hf_gns.patch_model(big, kernel="torch")
-    T = rand_int(1, 6)
+    T = rand_length(1, 6, 2, 8)  # micro-batches of 2, and the whole batch of 8
     batch = make_batch(name, model, 8, T)
     total = num_label_tokens(batch)
     for k in range(4):  # 4 micro-batches of 2, each normalized by the tokens of all 8 examples
@@ -605,7 +606,8 @@ def test_custom_norms_generic_path_match_bruteforce():
     kinds = hf_gns.describe(model)
     assert kinds["blocks.0.norm"] == kinds["blocks.1.norm"] == "generic"
     assert kinds["ln"] == "layer_norm"
-    B, T = rand_int(1, 5), rand_int(1, 6)
+    B = rand_int(1, 5)
+    T = rand_length(1, 6, B)
     batch = _tiny_batch(B, T)
     assert torch.equal(model(batch["input_ids"]), ref(batch["input_ids"]))
     (_tiny_losses(model, batch).sum() / batch["targets"].numel()).backward()
@@ -898,7 +900,8 @@ def test_deep_copy_of_a_patched_model_records_on_its_own():
     copy_ = clone(model)
     original_counter = hf_gns.patch.pass_counters(model)[0]
     assert hf_gns.patch.pass_counters(copy_)[0] is not original_counter
-    batch = make_batch("llama", copy_, rand_int(2, 5), rand_int(1, 6))
+    B = rand_int(2, 5)
+    batch = make_batch("llama", copy_, B, rand_length(1, 6, B))
     batch_loss(copy_, batch).backward()
     stats = hf_gns.gather_stats(copy_)
     assert original_counter.take_positions() == 0

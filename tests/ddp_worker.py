@@ -1,6 +1,6 @@
 """Helper for test_ddp.py (not a test module): 2 gloo ranks on CPU, DistributedDataParallel.
 
-Usage: python ddp_worker.py <dir> — <dir> holds a saved tiny model (`model/`) and `batch.pt`
+Usage: python ddp_worker.py <dir> [compiled] — <dir> holds a saved tiny model (`model/`) and `batch.pt`
 (input_ids [8, T], targets [8, T]). Rank r trains on rows [4r, 4r + 4) with its own mean token
 loss (DDP then averages the gradients) and writes `rank{r}.json`: gather_stats and the
 norm parameters' averaged gradients.
@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 
-def run(rank: int, world: int, directory: str, port: int) -> None:
+def run(rank: int, world: int, directory: str, port: int, compiled: bool) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
@@ -30,10 +30,11 @@ def run(rank: int, world: int, directory: str, port: int) -> None:
         model.train()
         hf_gns.patch_model(model, kernel="torch")
         ddp = torch.nn.parallel.DistributedDataParallel(model)
+        forward = torch.compile(ddp, backend="aot_eager") if compiled else ddp
         batch = torch.load(os.path.join(directory, "batch.pt"))
         per_rank = batch["input_ids"].shape[0] // world
         rows = slice(rank * per_rank, (rank + 1) * per_rank)
-        logits = ddp(input_ids=batch["input_ids"][rows]).logits
+        logits = forward(input_ids=batch["input_ids"][rows]).logits
         targets = batch["targets"][rows]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
         loss.backward()
@@ -62,4 +63,4 @@ def free_port() -> int:
 
 if __name__ == "__main__":
     directory = sys.argv[1]
-    mp.spawn(run, args=(2, directory, free_port()), nprocs=2, join=True)
+    mp.spawn(run, args=(2, directory, free_port(), "compiled" in sys.argv[2:]), nprocs=2, join=True)

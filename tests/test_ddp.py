@@ -1,4 +1,5 @@
-"""gather_stats under DistributedDataParallel (2 CPU ranks, gloo) == one process on the full batch."""
+"""gather_stats under DistributedDataParallel (2 CPU ranks, gloo), eager and torch.compile'd (DDP's
+graph splitting at bucket boundaries), == one process on the full batch."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -14,7 +16,8 @@ import hf_gns
 from conftest import make_model, rand_length, rel_err
 
 
-def test_ddp_two_ranks_equal_single_process(tmp_path):
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+def test_ddp_two_ranks_equal_single_process(tmp_path, mode):
     model = make_model("llama")
     model.save_pretrained(tmp_path / "model")
     T = rand_length(1, 6, 4, 8)  # 4 examples per rank, 8 in the single-process run
@@ -24,7 +27,7 @@ def test_ddp_two_ranks_equal_single_process(tmp_path):
 
     worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, worker, str(tmp_path)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, worker, str(tmp_path), mode], capture_output=True, text=True,
                           timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

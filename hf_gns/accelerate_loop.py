@@ -118,7 +118,8 @@ class GNSLoop:
 
     @property
     def model_for_sync(self) -> nn.Module:
-        return getattr(self, "_prepared", None) or self.model
+        prepared = getattr(self, "_prepared", None)  # (a compiled module has no truth value)
+        return prepared if prepared is not None else self.model
 
     def set_prepared_model(self, model: nn.Module) -> None:
         """The model as returned by ``accelerator.prepare`` (for ``no_sync`` under DDP)."""

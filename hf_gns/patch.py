@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import inspect
 import logging
 import os
 import warnings
@@ -261,18 +262,31 @@ def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _enter(module: nn.Module, args: tuple, kwargs: dict) -> None:
-    """Forward pre-hook of an entry module. The counter is looked up on the module itself, so that
-    a deep copy of a patched model (a reference or EMA model) counts its own passes."""
-    entry = module.__dict__.get(_ENTRY)
-    if entry is not None:
-        entry[0].enter(module, args, kwargs)
+class EntryForward:
+    """The forward of an entry module: the pass is marked around the module's own forward, in the
+    same (possibly compiled) frame, so per-pass state never leaves a compiled graph as an output.
+    Its signature is the wrapped forward's (the Trainer and PEFT inspect it)."""
 
+    def __init__(self, module: nn.Module, counter: PassCounter, inner: Callable) -> None:
+        self.module, self.counter = module, counter
+        self._inner = None if getattr(inner, "__func__", None) is type(module).forward else inner
 
-def _exit(module: nn.Module, args: tuple, kwargs: dict, output) -> None:
-    entry = module.__dict__.get(_ENTRY)
-    if entry is not None:
-        entry[0].exit()
+    @property
+    def inner(self) -> Callable:
+        if self._inner is not None:
+            return self._inner
+        return functools.partial(type(self.module).forward, self.module)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.inner)
+
+    def __call__(self, *args, **kwargs):
+        self.counter.enter(self.module, args, kwargs)
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.counter.exit()
 
 
 def _root_counter(model: nn.Module) -> PassCounter:
@@ -288,19 +302,25 @@ def _root_counter(model: nn.Module) -> PassCounter:
     return counter
 
 
+def _remove_entry(module: nn.Module) -> None:
+    entry = module.__dict__.pop(_ENTRY, None)
+    if entry is not None:
+        saved = entry[1]
+        if saved is None:
+            module.__dict__.pop("forward", None)
+        else:
+            module.__dict__["forward"] = saved
+
+
 def _remove_entries(model: nn.Module) -> None:
     for module in model.modules():
-        entry = module.__dict__.pop(_ENTRY, None)
-        if entry is not None:
-            entry[1].remove()
-            entry[2].remove()
+        _remove_entry(module)
 
 
 def _set_entries(model: nn.Module, counter: PassCounter) -> None:
     """Mark where a forward pass starts: the model and every module on the path down to the lowest
     module that holds all patched norms. A pass starts at the outermost of them that is called, so
     ``model(...)``, ``model.forward(...)`` and ``model.model(...)`` (a custom head) all count."""
-    _remove_entries(model)
     names = [name for name, _ in patched_modules(model)]
     parts = [n.split(".") for n in names]
     common = []
@@ -313,10 +333,15 @@ def _set_entries(model: nn.Module, counter: PassCounter) -> None:
     chain = [model]
     for depth in range(1, len(common) + 1):
         chain.append(model.get_submodule(".".join(common[:depth])))
+    for module in model.modules():  # entries of an earlier patch that are no longer on the path
+        entry = module.__dict__.get(_ENTRY)
+        if entry is not None and (entry[0] is not counter or not any(module is c for c in chain)):
+            _remove_entry(module)
     for module in chain:
-        pre = module.register_forward_pre_hook(_enter, with_kwargs=True)
-        post = module.register_forward_hook(_exit, with_kwargs=True, always_call=True)
-        module.__dict__[_ENTRY] = (counter, pre, post)
+        if _ENTRY not in module.__dict__:
+            saved = module.__dict__.get("forward")
+            module.__dict__["forward"] = EntryForward(module, counter, module.forward)
+            module.__dict__[_ENTRY] = (counter, saved)
 
 
 def patch_model(

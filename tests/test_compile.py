@@ -205,9 +205,15 @@ def test_bf16_autocast_compiled_matches_eager(name):
         assert abs(got.example_sq_norm_sum - want.example_sq_norm_sum) <= 3e-2 * want.example_sq_norm_sum, key
 
 
-def test_trainer_torch_compile_logs_gns_every_step(tmp_path):
+def test_trainer_torch_compile_logs_gns_every_step(tmp_path, monkeypatch):
     """Trainer(torch_compile=True): GNS on every step, equal to the eager Trainer run's."""
     from transformers import Trainer, TrainingArguments
+
+    for key in [k for k in os.environ if k.startswith("ACCELERATE_DYNAMO")]:
+        monkeypatch.setenv(key, os.environ[key])  # the Trainer sets them; restored after the test
+    for key in ("ACCELERATE_DYNAMO_BACKEND", "ACCELERATE_DYNAMO_MODE", "ACCELERATE_DYNAMO_USE_FULLGRAPH",
+                "ACCELERATE_DYNAMO_USE_DYNAMIC"):
+        monkeypatch.delenv(key, raising=False)
 
     from token_batches import RandomTokens
 

@@ -59,6 +59,14 @@ KNOWN_FORMULAS: tuple[NormFormula, ...] = (
 )
 
 
+def native_output_dtype(x: torch.Tensor) -> torch.dtype:
+    """The output dtype of ``F.layer_norm`` on ``x`` in the current autocast state."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.float32 if device_type == "cuda" else torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
 def _normalize_fp32(x32: torch.Tensor, centered: bool, eps: float) -> torch.Tensor:
     if centered:
         mean = x32.mean(-1, keepdim=True)

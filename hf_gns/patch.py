@@ -166,8 +166,8 @@ class PatchedNorm:
             cfg = _kernels().cached_config(plan.formula, plan.eps, x, weight)
             channels = tuple(("weight", "bias").index(n) for n in layout.names)
             return _kernels().triton_norm(x, weight, bias, slots, cfg, spec, channels)
-        path = torch_path.slotted_forward if torch.compiler.is_compiling() else torch_path.recorded_forward
-        return path(plan.formula, plan.eps, module, self.original_forward, x, slots, layout, spec)
+        norm = torch_path.SlottedNorm(plan.formula, plan.eps, module, self.original_forward, layout, spec)
+        return norm(x, slots) if torch.compiler.is_compiling() else norm.recorded(x, slots)
 
     def _host_starts(self) -> tuple[int, ...]:
         starts = self.counter.slots.get("starts")

@@ -159,7 +159,7 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
     token_total = torch.zeros(1, dtype=torch.float64, device=device)
     for tokens in device_tokens:
         token_total = token_total + tokens.to(device)
-    flat = torch.cat([g.to(device=device, dtype=torch.float64) for g in grads] + [token_total])
+    flat = torch.cat([torch.cat(grads).to(device=device, dtype=torch.float64), token_total]) if grads else token_total
     if world > 1:
         dist.all_reduce(flat)
     index = _flat_index(tuple(e.layout for e in entries), device)

@@ -315,6 +315,37 @@ def oracle_stats(per_example: dict[str, torch.Tensor]) -> dict[str, tuple[float,
     return out
 
 
+def packed_batch(lengths: list[int], vocab: int = VOCAB, flash_kwargs: bool = False):
+    """Sequences of ``lengths`` packed in one row as ``DataCollatorWithFlattening`` does (position_ids
+    restarting at 0), and a random target per token: (sequences, model inputs, targets)."""
+    from transformers import DataCollatorWithFlattening
+
+    # distinct tokens: a sequence of repeated tokens has exactly zero q/k gradients (all values equal)
+    seqs = list(torch.randperm(vocab)[: sum(lengths)].split(lengths))
+    collator = DataCollatorWithFlattening(return_flash_attn_kwargs=flash_kwargs)
+    batch = collator([{"input_ids": s.tolist()} for s in seqs])
+    batch.pop("labels")
+    batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) or k.startswith("max_length")}
+    targets = torch.randint(0, vocab, (sum(lengths),))
+    return seqs, batch, targets
+
+
+def packed_oracle(ref: nn.Module, seqs: list[torch.Tensor], targets: torch.Tensor) -> dict:
+    """`oracle_stats` of a packed batch: each sequence run alone, its token losses over all tokens."""
+    n = targets.numel()
+    names = norm_param_names(ref)
+    params = dict(ref.named_parameters())
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+    start = 0
+    for s in seqs:
+        logits = ref(input_ids=s[None], use_cache=False).logits[0]
+        loss = F.cross_entropy(logits, targets[start:start + len(s)], reduction="sum") / n
+        start += len(s)
+        for k, g in zip(names, torch.autograd.grad(loss, [params[k] for k in names])):
+            rows[k].append(g.reshape(-1).double())
+    return oracle_stats({k: torch.stack(v) for k, v in rows.items()})
+
+
 def norm_param_names(model: nn.Module) -> list[str]:
     """Qualified names (as model.named_parameters()) of every trainable affine parameter of a
     norm-like module: what hf_gns should record, found without hf_gns."""

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 import hf_gns
 from conftest import (ARCHS, assert_stats_match, clone, example_grads_bruteforce, make_batch, make_model,
-                      norm_param_names, oracle_stats, per_example_losses, rand_int, rand_length)
+                      norm_param_names, oracle_stats, packed_batch, packed_oracle, per_example_losses, rand_int,
+                      rand_length)
 
 DEVICE = os.environ.get("HF_GNS_TEST_DEVICE", "cpu")
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
@@ -145,31 +146,16 @@ def test_one_graph_no_recompile_across_steps():
 def test_packed_sequences_compiled():
     """One row of packed sequences (position_ids restarting at 0), compiled: each sequence is an
     example, found on the device without a host sync; the oracle runs each sequence alone."""
-    from transformers import DataCollatorWithFlattening
-
     model = make_model("llama")
     ref = clone(model)
     hf_gns.patch_model(model, kernel="torch")
     lengths = [rand_int(1, 5) for _ in range(3)]
-    seqs = list(torch.randperm(97)[: sum(lengths)].split(lengths))
-    batch = DataCollatorWithFlattening()([{"input_ids": s.tolist()} for s in seqs])
-    targets = torch.randint(0, 97, (sum(lengths),))
-    n = targets.numel()
+    seqs, batch, targets = packed_batch(lengths)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     logits = compiled(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
-    (F.cross_entropy(logits, targets, reduction="sum") / n).backward()
+    (F.cross_entropy(logits, targets, reduction="sum") / targets.numel()).backward()
     stats = hf_gns.gather_stats(model)
-    names = norm_param_names(ref)
-    params = dict(ref.named_parameters())
-    rows = {k: [] for k in names}
-    start = 0
-    for s in seqs:
-        loss = F.cross_entropy(ref(input_ids=s[None], use_cache=False).logits[0], targets[start:start + len(s)],
-                               reduction="sum") / n
-        start += len(s)
-        for k, g in zip(names, torch.autograd.grad(loss, [params[k] for k in names])):
-            rows[k].append(g.reshape(-1).double())
-    oracle = oracle_stats({k: torch.stack(v) for k, v in rows.items()})
+    oracle = packed_oracle(ref, seqs, targets)
     assert_stats_match(stats, oracle, rtol=1e-4, what=f"compiled packed {lengths}")
 
 

@@ -35,6 +35,8 @@ from conftest import (
     norm_param_names,
     num_label_tokens,
     oracle_stats,
+    packed_batch,
+    packed_oracle,
     quiet_patch,
     rand_int,
     rand_length,
@@ -348,19 +350,6 @@ def test_include_exclude():
 # ---------------------------------------------------------------------------------------------
 # packed sequences (DataCollatorWithFlattening: one row, position_ids restarting at 0)
 # ---------------------------------------------------------------------------------------------
-def _packed(lengths, vocab=VOCAB, flash_kwargs=False):
-    from transformers import DataCollatorWithFlattening
-
-    # distinct tokens: a sequence of repeated tokens has exactly zero q/k gradients (all values equal)
-    seqs = list(torch.randperm(vocab)[: sum(lengths)].split(lengths))
-    collator = DataCollatorWithFlattening(return_flash_attn_kwargs=flash_kwargs)
-    batch = collator([{"input_ids": s.tolist()} for s in seqs])
-    batch.pop("labels")
-    batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) or k.startswith("max_length")}
-    targets = torch.randint(0, vocab, (sum(lengths),))
-    return seqs, batch, targets
-
-
 def _random_lengths():
     count = rand_int(2, 4)
     lengths = [rand_int(1, 6) for _ in range(count)]
@@ -376,25 +365,14 @@ def test_packed_sequences_block_diagonal(attn):
     ref = clone(model)
     hf_gns.patch_model(model, kernel="torch")
     lengths = _random_lengths()
-    seqs, batch, targets = _packed(lengths)
+    seqs, batch, targets = packed_batch(lengths)
     n = targets.numel()
     logits = model(**batch, use_cache=False).logits[0]
     alone = torch.cat([ref(input_ids=s[None], use_cache=False).logits[0] for s in seqs])
     torch.testing.assert_close(logits, alone, rtol=1e-5, atol=1e-5)  # no attention across sequences
     (F.cross_entropy(logits, targets, reduction="sum") / n).backward()
     stats = hf_gns.gather_stats(model)
-
-    names = norm_param_names(ref)
-    params = dict(ref.named_parameters())
-    rows = {k: [] for k in names}
-    start = 0
-    for s in seqs:
-        tgt = targets[start:start + len(s)]
-        start += len(s)
-        loss = F.cross_entropy(ref(input_ids=s[None], use_cache=False).logits[0], tgt, reduction="sum") / n
-        for k, g in zip(names, torch.autograd.grad(loss, [params[k] for k in names])):
-            rows[k].append(g.reshape(-1).double())
-    oracle = oracle_stats({k: torch.stack(v) for k, v in rows.items()})
+    oracle = packed_oracle(ref, seqs, targets)
     assert stats.total.num_examples == len(lengths)
     assert_stats_match(stats, oracle, rtol=1e-5, what=f"packed {lengths}")
     assert stats.tokens == n
@@ -448,7 +426,7 @@ def test_packed_sequences_attending_across_per_token_oracle():
     hf_gns.patch_model(model, kernel="torch")
     lengths = _random_lengths()
     lengths[0] = max(lengths[0], 2)
-    seqs, batch, targets = _packed(lengths)
+    seqs, batch, targets = packed_batch(lengths)
     n = targets.numel()
     logits = ref(**batch).logits[0]
     alone = torch.cat([ref(input_ids=s[None]).logits[0] for s in seqs])
@@ -475,7 +453,7 @@ def test_packed_sequences_cu_seq_lens_same_as_position_ids():
     hf_gns.patch_model(model, kernel="torch")
     hf_gns.patch_model(other, kernel="torch")
     lengths = _random_lengths()
-    seqs, batch, targets = _packed(lengths, flash_kwargs=True)
+    seqs, batch, targets = packed_batch(lengths, flash_kwargs=True)
     plain = {k: batch[k] for k in ("input_ids", "position_ids")}
     for m, b in ((model, batch), (other, plain)):
         F.cross_entropy(m(**b, use_cache=False).logits[0], targets).backward()
@@ -502,7 +480,7 @@ def test_packed_sequences_phi_qk_layernorm(lengths):
     hf_gns.patch_model(model, kernel="torch")
     if lengths is None:
         lengths = [rand_int(2, 4), rand_int(4, 6), 1]
-    seqs, batch, targets = _packed(lengths)
+    seqs, batch, targets = packed_batch(lengths)
     n = targets.numel()
     F.cross_entropy(model(**batch, use_cache=False).logits[0], targets, reduction="sum").div(n).backward()
     stats = hf_gns.gather_stats(model)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..formulas import CastOrder, NormFormula
+from ..formulas import CastOrder, NormFormula, native_output_dtype
 from ..layout import ExampleSpec
 from . import triton_norm as K
 
@@ -38,10 +38,7 @@ def kernel_config(formula: NormFormula, eps: float, x: torch.Tensor, weight: tor
     in_dtype = x.dtype
     round_to = None
     if formula.cast is CastOrder.NATIVE:
-        out_dtype = in_dtype
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):  # F.layer_norm autocasts
-            out_dtype = torch.float32 if device_type == "cuda" else torch.get_autocast_dtype(device_type)
+        out_dtype = native_output_dtype(x)
     elif formula.cast is CastOrder.CAST_THEN_SCALE:
         round_to = in_dtype if in_dtype in _HALF else None
         out_dtype = torch.promote_types(weight.dtype, in_dtype)

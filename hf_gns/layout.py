@@ -131,6 +131,7 @@ class PassCounter:
         self.problems: list[str] = []
         self.notes: list[str] = []  # warnings raised while a graph was being compiled
         self.depth = 0
+        self.serial = 0  # forward passes started (eager bookkeeping of calls per pass)
         self.paused = False
         self.keep_inputs = False
         self.last_inputs: dict | None = None
@@ -167,6 +168,8 @@ class PassCounter:
         if self.paused:
             return
         self.slots = {}
+        if not torch.compiler.is_compiling():
+            self.serial += 1
         self.inputs = pass_inputs(args, kwargs)
         self.packed = packed_batch(kwargs) if self.inputs.batch_size in (None, 1) else None
         if module.training and torch.is_grad_enabled():

@@ -28,6 +28,7 @@ from .slots import TapLayout, draw_slots, new_tap
 logger = logging.getLogger(__name__)
 
 KERNELS = ("auto", "triton", "torch")
+_FOLDED = "folded"  # this pass's slot entry of a module whose statistics go straight to its tap
 _STATE = "_hf_gns"
 _ROOT_STATE = "_hf_gns_root"
 _ENTRY = "_hf_gns_entry"
@@ -59,6 +60,11 @@ class PatchedNorm:
         self.tap_layout: TapLayout | None = None
         self.example_dim: int | None = None
         self.unmeasurable: str | None = None
+        # eager Triton path: a module called once per forward pass folds its statistics into the tap's
+        # gradient inside its own backward (no slots); learned from the previous pass
+        self.once: bool | None = None
+        self._pass_serial: int | None = None
+        self._calls = 0
         self._ensure_tap(self.trainable_layout(), module._parameters[plan.param_names[0]].device)
 
     @property
@@ -154,20 +160,56 @@ class PatchedNorm:
         if seen != kind:  # one module fed per-example inputs and flattened rows in one pass
             self._give_up("it gets per-example inputs and flattened rows in one forward, so the rows' examples are unknown")
             return self.original_forward(*args, **kwargs)
+        if self._use_triton(x):
+            return self._triton_forward(x, spec, layout, args, kwargs)
         slots = self._slots(x, spec, layout)
         if slots is None:
             return self.original_forward(*args, **kwargs)
-        plan, module = self.plan, self.module_ref
-        if self._use_triton(x):
-            if spec.packed:
-                spec = replace(spec, segments=self._host_starts())
-            params = module._parameters
-            weight, bias = params["weight"], params.get("bias") if plan.formula.has_bias else None
-            cfg = _kernels().cached_config(plan.formula, plan.eps, x, weight)
-            channels = tuple(("weight", "bias").index(n) for n in layout.names)
-            return _kernels().triton_norm(x, weight, bias, slots, cfg, spec, channels)
-        norm = torch_path.SlottedNorm(plan.formula, plan.eps, module, self.original_forward, layout, spec)
+        norm = torch_path.SlottedNorm(self.plan.formula, self.plan.eps, self.module_ref, self.original_forward,
+                                      layout, spec)
         return norm(x, slots) if torch.compiler.is_compiling() else norm.recorded(x, slots)
+
+    def _triton_forward(self, x: torch.Tensor, spec: ExampleSpec, layout: TapLayout, args: tuple, kwargs: dict):
+        """The eager CUDA path: the Triton kernels, folding straight into the tap when the module
+        runs once per pass, else through this pass's slots."""
+        calls = self._count_call()
+        folded = self.counter.slots.get(self) is _FOLDED
+        if folded and calls > 1:
+            self.once = False
+            self._give_up("it ran once per forward pass, then more than once in one pass (its calls must be "
+                          "summed per example before squaring, which this pass did not do)")
+            return self.original_forward(*args, **kwargs)
+        if spec.packed:
+            spec = replace(spec, segments=self._host_starts())
+        params, op = self.module_ref._parameters, _kernels()
+        weight, bias = params["weight"], params.get("bias") if self.plan.formula.has_bias else None
+        cfg = op.cached_config(self.plan.formula, self.plan.eps, x, weight)
+        channels = tuple(("weight", "bias").index(n) for n in layout.names)
+        if self.once and not folded and self.counter.slots.get(self) is None:
+            if self.tap is None or self.tap_layout != layout or self.tap.device != weight.device:
+                self._ensure_tap(layout, weight.device)
+            self.counter.slots[self] = _FOLDED
+            count = len(spec.segments) - 1 if spec.packed else spec.count
+            positions = tuple(layout.names.index(n) if n in layout.names else -1 for n in ("weight", "bias"))
+            fold = op.TapFold(float(count), positions, layout.width)
+            return op.triton_norm(x, weight, bias, self.tap, cfg, spec, channels, fold)
+        slots = self._slots(x, spec, layout)
+        if slots is None:
+            return self.original_forward(*args, **kwargs)
+        return op.triton_norm(x, weight, bias, slots, cfg, spec, channels)
+
+    def _count_call(self) -> int:
+        """This call's number within the current forward pass (0 for a recomputation in backward),
+        updating whether the module ran exactly once in its previous pass."""
+        if self.counter.depth == 0:
+            return 0
+        serial = self.counter.serial
+        if serial != self._pass_serial:
+            if self._pass_serial is not None and self.once is not False:
+                self.once = self._calls == 1
+            self._pass_serial, self._calls = serial, 0
+        self._calls += 1
+        return self._calls
 
     def _host_starts(self) -> tuple[int, ...]:
         starts = self.counter.slots.get("starts")

@@ -10,7 +10,10 @@ backward squares them, and adds the tap's gradient over backward passes (micro-b
 So the statistics are an ordinary gradient: they survive ``torch.compile``, need no hook
 and no host sync, and read ``tap.grad`` = `TapLayout`:
 
-    [examples, sum_i ||c_i||^2 per parameter..., sum_i c_i (all parameters, flat)]
+    [examples, sum_i c_i (all parameters, flat), sum_i c_i**2 (elementwise, same columns)]
+
+Every entry is a sum over slot rows of one column of ``[1, c_i, c_i**2]``, so the whole
+fold is a single reduction over the examples, which inductor emits as one kernel.
 """
 
 from __future__ import annotations
@@ -34,18 +37,19 @@ class TapLayout:
 
     @property
     def width(self) -> int:
-        return 1 + len(self.names) + self.numel
+        return 1 + 2 * self.numel
 
     COUNT = 0
 
-    def square_index(self, k: int) -> int:
-        """Where sum_i ||c_i||^2 of parameter ``k`` is."""
-        return 1 + k
-
     def sum_slice(self, k: int) -> slice:
         """Where sum_i c_i of parameter ``k`` is."""
-        start = 1 + len(self.names) + sum(self.sizes[:k])
-        return slice(start, start + self.sizes[k])
+        part = self.column_slice(k)
+        return slice(1 + part.start, 1 + part.stop)
+
+    def square_slice(self, k: int) -> slice:
+        """Where sum_i c_i**2 of parameter ``k`` is, elementwise (its sum is sum_i ||c_i||^2)."""
+        part = self.column_slice(k)
+        return slice(1 + self.numel + part.start, 1 + self.numel + part.stop)
 
     def column_slice(self, k: int) -> slice:
         """Columns of parameter ``k`` in a slot row."""
@@ -54,7 +58,10 @@ class TapLayout:
 
 
 def new_tap(layout: TapLayout, device: torch.device) -> torch.Tensor:
-    return torch.zeros(layout.width, dtype=torch.float32, device=device, requires_grad=True)
+    """A tap for ``layout``, its gradient already allocated (zeros; see `hf_gns.stats.clear_tap_grads`)."""
+    tap = torch.zeros(layout.width, dtype=torch.float32, device=device, requires_grad=True)
+    tap.grad = torch.zeros_like(tap)
+    return tap
 
 
 class ExampleSlots(torch.autograd.Function):
@@ -71,18 +78,14 @@ class ExampleSlots(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        layout = ctx.layout
         per_example = grad.float()
-        n = len(layout.names)
-        out = per_example.new_empty(layout.width)
-        if len(set(layout.sizes)) == 1:  # weight and bias of one size: one reduction for both
-            torch.sum(per_example.view(per_example.shape[0], n, -1).square(), (0, 2), out=out[1 : 1 + n])
+        rows = per_example.shape[0]
+        if isinstance(ctx.count, torch.Tensor):  # packed: rows past the sequences count for nothing
+            present = (torch.arange(rows, device=grad.device) < ctx.count).float().unsqueeze(1)
         else:
-            for k in range(n):
-                out[1 + k] = per_example[:, layout.column_slice(k)].square().sum()
-        torch.sum(per_example, 0, out=out[1 + n :])
-        out[0] = ctx.count
-        return out, None, None, None
+            present = per_example.new_ones(rows, 1)
+        # one reduction over the rows of [1, c_i, c_i**2] (see `TapLayout`)
+        return torch.cat([present, per_example, per_example.square()], 1).sum(0), None, None, None
 
 
 def draw_slots(tap: torch.Tensor, rows: int, count, layout: TapLayout) -> torch.Tensor:

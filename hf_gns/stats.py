@@ -82,10 +82,21 @@ def _world_size(reduce: bool) -> int:
     return 1
 
 
+def clear_tap_grads(taps: list[torch.Tensor]) -> None:
+    """Zero the taps' gradients in place (one multi-tensor op), never dropping them: autograd then
+    adds each backward into the same tensor instead of adopting its gradient, which under CUDA
+    graphs (``mode="reduce-overhead"``) is memory the next replay overwrites."""
+    present = [t.grad for t in taps if t.grad is not None]
+    if present:
+        torch._foreach_zero_(present)
+    for tap in taps:
+        if tap.grad is None:
+            tap.grad = torch.zeros_like(tap)
+
+
 def reset_stats(model: nn.Module) -> None:
     """Forget everything recorded since the last reset."""
-    for entry in _tapped(model):
-        entry.tap.grad = None
+    clear_tap_grads([entry.tap for entry in _tapped(model)])
     for counter in pass_counters(model):
         counter.take_tokens()
         counter.take_problems()
@@ -163,10 +174,10 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
     if world > 1:
         dist.all_reduce(flat)
     index = _flat_index(tuple(e.layout for e in entries), device)
-    squares = flat[index.sums].pow(2)
-    batch_sq = torch.zeros(len(index.owners_count), dtype=torch.float64, device=device)
-    batch_sq.index_add_(0, index.sum_owner, squares)
-    out = torch.cat([flat[index.count], flat[index.square], batch_sq, flat[-1:]])
+    n_params = len(index.owners_count)
+    example_sq = torch.zeros(n_params, dtype=torch.float64, device=device).index_add_(0, index.owner, flat[index.squares])
+    batch_sq = torch.zeros(n_params, dtype=torch.float64, device=device).index_add_(0, index.owner, flat[index.sums].pow(2))
+    out = torch.cat([flat[index.count], example_sq, batch_sq, flat[-1:]])
     event = None
     if out.device.type == "cuda":
         host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
@@ -175,21 +186,20 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
         event.record()
         out = host
     if reset:
-        for e in entries:
-            e.tap.grad = None
+        clear_tap_grads([e.tap for e in entries])
     names = [name for e in entries for name in e.names]
     return PendingStats(names, out, event, world, problems)
 
 
 @dataclass(frozen=True)
 class _FlatIndex:
-    """Positions in the concatenated tap gradients: per parameter, its example count, its sum of
-    squared per-example norms and (``sums``, ``sum_owner``) the elements of its gradient sum."""
+    """Positions in the concatenated tap gradients: per parameter, its example count; per element,
+    where its sum_i c_i and sum_i c_i**2 are and which parameter (``owner``) it belongs to."""
 
     count: torch.Tensor
-    square: torch.Tensor
     sums: torch.Tensor
-    sum_owner: torch.Tensor
+    squares: torch.Tensor
+    owner: torch.Tensor
     owners_count: tuple[int, ...]
 
 
@@ -201,19 +211,19 @@ def _flat_index(layouts: tuple[TapLayout, ...], device: torch.device) -> _FlatIn
     if key not in _INDEX_CACHE:
         if len(_INDEX_CACHE) > 64:
             _INDEX_CACHE.clear()
-        count, square, sums, owner = [], [], [], []
+        count, sums, squares, owner = [], [], [], []
         offset = param = 0
         for layout in layouts:
             for k in range(len(layout.names)):
                 count.append(offset + TapLayout.COUNT)
-                square.append(offset + layout.square_index(k))
-                part = layout.sum_slice(k)
+                part, square = layout.sum_slice(k), layout.square_slice(k)
                 sums.extend(range(offset + part.start, offset + part.stop))
+                squares.extend(range(offset + square.start, offset + square.stop))
                 owner.extend([param] * (part.stop - part.start))
                 param += 1
             offset += layout.width
         as_index = lambda values: torch.tensor(values, dtype=torch.long).to(device)  # noqa: E731
-        _INDEX_CACHE[key] = _FlatIndex(as_index(count), as_index(square), as_index(sums), as_index(owner),
+        _INDEX_CACHE[key] = _FlatIndex(as_index(count), as_index(sums), as_index(squares), as_index(owner),
                                        tuple(range(param)))
     return _INDEX_CACHE[key]
 

@@ -60,6 +60,17 @@ class ExampleRows:
     item_example: torch.Tensor | None = None  # int64 [n_items] example of each item
 
 
+@dataclass(frozen=True)
+class TapFold:
+    """Fold the per-example gradients straight into a tap's gradient (a module called once per
+    pass): ``count`` examples, the weight's / bias's position in the tap layout (-1: absent) and
+    the layout's width."""
+
+    count: float
+    positions: tuple[int, int]
+    width: int
+
+
 _TABLES: dict = {}
 
 
@@ -91,38 +102,44 @@ def example_rows(x: torch.Tensor, n_rows: int, spec: ExampleSpec) -> ExampleRows
 
 
 class TritonNorm(torch.autograd.Function):
-    """Forward and backward kernels; the backward also returns the per-example slot gradients.
+    """Forward and backward kernels; the backward also yields each example's parameter gradients.
 
-    ``channels`` picks the slot columns out of the kernel's per-example partials: 0 for the
-    weight, 1 for the bias, in the order of the slots' layout.
+    ``stats`` is either per-example slots, whose gradient is returned per example (``fold`` None;
+    ``channels`` picks the slot columns out of the kernel's partials: 0 for the weight, 1 for the
+    bias), or a tap, whose gradient is folded from them in the same backward (``fold`` given).
     """
 
     @staticmethod
-    def forward(ctx, x2d, weight, bias, slots, cfg: KernelConfig, rows: ExampleRows, channels: tuple[int, ...]):
+    def forward(ctx, x2d, weight, bias, stats, cfg: KernelConfig, rows: ExampleRows, channels: tuple[int, ...],
+                fold: TapFold | None = None):
         y, mean, rstd = K.norm_forward(x2d, weight, bias, cfg.eps, cfg.centered, cfg.offset, cfg.round_to,
                                        cfg.out_dtype)
-        ctx.save_for_backward(x2d, weight, mean, rstd)
-        ctx.cfg, ctx.rows, ctx.channels, ctx.slot_rows = cfg, rows, channels, slots.shape[0]
-        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.save_for_backward(x2d, weight, mean, rstd, bias)
+        ctx.cfg, ctx.rows, ctx.channels, ctx.fold, ctx.slot_rows = cfg, rows, channels, fold, stats.shape[0]
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x2d, weight, mean, rstd = ctx.saved_tensors
+        x2d, weight, mean, rstd, bias = ctx.saved_tensors
         cfg, rows = ctx.cfg, ctx.rows
-        has_bias = ctx.bias_dtype is not None
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-        dx, partial = K.norm_backward(dy, x2d, weight, mean, rstd, has_bias, cfg.centered, cfg.offset,
+        dx, partial = K.norm_backward(dy, x2d, weight, mean, rstd, bias is not None, cfg.centered, cfg.offset,
                                       cfg.round_to, rows.rows_per_example, rows.items)
+        need_dw, need_db = ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
         per_example = _per_example(partial, rows)  # [examples, 1 or 2, D] float32
+        if ctx.fold is not None:
+            fold = ctx.fold
+            dw, db, tap_grad = K.fold_examples(per_example, fold.count, weight, bias, need_dw, need_db,
+                                               fold.positions, fold.width)
+            return dx, dw, db, tap_grad, None, None, None, None
         grads = per_example.sum(0)
-        dw = grads[0].to(weight.dtype) if ctx.needs_input_grad[1] else None
-        db = grads[1].to(ctx.bias_dtype) if has_bias and ctx.needs_input_grad[2] else None
+        dw = grads[0].to(weight.dtype) if need_dw else None
+        db = grads[1].to(bias.dtype) if need_db else None
         chosen = per_example if ctx.channels == tuple(range(per_example.shape[1])) else per_example[:, list(ctx.channels)]
         slot_grad = chosen.reshape(chosen.shape[0], -1)
         if slot_grad.shape[0] < ctx.slot_rows:  # a packed batch's slots have one row per token
             slot_grad = torch.cat([slot_grad, slot_grad.new_zeros(ctx.slot_rows - slot_grad.shape[0], slot_grad.shape[1])])
-        return dx, dw, db, slot_grad, None, None, None
+        return dx, dw, db, slot_grad, None, None, None, None
 
 
 def _per_example(partial: torch.Tensor, rows: ExampleRows) -> torch.Tensor:
@@ -134,11 +151,12 @@ def _per_example(partial: torch.Tensor, rows: ExampleRows) -> torch.Tensor:
     return out.index_add_(0, rows.item_example, partial)
 
 
-def triton_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, slots: torch.Tensor,
-                cfg: KernelConfig, spec: ExampleSpec, channels: tuple[int, ...]) -> torch.Tensor:
-    """The norm of ``x`` (over its last dim) by the Triton kernels, filling ``slots`` per example.
+def triton_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stats: torch.Tensor,
+                cfg: KernelConfig, spec: ExampleSpec, channels: tuple[int, ...], fold: TapFold | None = None) -> torch.Tensor:
+    """The norm of ``x`` (over its last dim) by the Triton kernels.
 
-    ``spec.segments`` must be known on the host for a packed batch.
+    ``stats``: per-example slots (``fold`` None), or a tap that gets the folded statistics
+    (`TapFold`). ``spec.segments`` must be known on the host for a packed batch.
     """
     D = weight.shape[-1]
     if weight.dim() != 1 or x.shape[-1] != D or D > K.MAX_D:
@@ -152,7 +170,7 @@ def triton_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if x2d.stride(-1) != 1 or (moved and not x2d.is_contiguous()):
         x2d = x2d.contiguous()
     rows = example_rows(xc, x2d.shape[0], spec)
-    y = TritonNorm.apply(x2d, weight, bias, slots, cfg, rows, channels).view(xc.shape)
+    y = TritonNorm.apply(x2d, weight, bias, stats, cfg, rows, channels, fold).view(xc.shape)
     return y.movedim(spec.canonical_dim, spec.dim) if moved else y
 
 

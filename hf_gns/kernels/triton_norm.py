@@ -109,6 +109,51 @@ def _norm_bwd_kernel(
         tl.store(out + D, acc_b, mask=col_ok)
 
 
+@triton.jit
+def _fold_kernel(
+    PER_EXAMPLE, DW, DB, OUT,
+    D, n_examples, count,
+    HAS_BIAS: tl.constexpr, CHANNELS: tl.constexpr, WRITE_DW: tl.constexpr, WRITE_DB: tl.constexpr,
+    TAP_W: tl.constexpr, TAP_B: tl.constexpr, N_NAMES: tl.constexpr, EXAMPLES: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Fold per-example gradients ``[examples, 1 or 2, D]`` (float32, contiguous) of one column
+    block into a tap's gradient (`TapLayout`): sum_i c_i and sum_i c_i**2 of the block's columns
+    (and the count, from program 0), and DW / DB. Examples are read EXAMPLES rows at a time.
+    TAP_W / TAP_B: the tap position of the weight / bias (-1: not in the tap)."""
+    pid = tl.program_id(0)
+    cols = pid * BLOCK + tl.arange(0, BLOCK)
+    col_ok = cols < D
+    sum_w = tl.zeros([BLOCK], dtype=tl.float32)
+    sq_w = tl.zeros([BLOCK], dtype=tl.float32)
+    sum_b = tl.zeros([BLOCK], dtype=tl.float32)
+    sq_b = tl.zeros([BLOCK], dtype=tl.float32)
+    for first in range(0, n_examples, EXAMPLES):
+        examples = first + tl.arange(0, EXAMPLES)
+        mask = (examples < n_examples)[:, None] & col_ok[None, :]
+        rows = PER_EXAMPLE + (examples.to(tl.int64) * CHANNELS * D)[:, None] + cols[None, :]
+        c_w = tl.load(rows, mask=mask, other=0.0)
+        sum_w += tl.sum(c_w, axis=0)
+        sq_w += tl.sum(c_w * c_w, axis=0)
+        if HAS_BIAS:
+            c_b = tl.load(rows + D, mask=mask, other=0.0)
+            sum_b += tl.sum(c_b, axis=0)
+            sq_b += tl.sum(c_b * c_b, axis=0)
+    if WRITE_DW:
+        tl.store(DW + cols, sum_w.to(DW.dtype.element_ty), mask=col_ok)
+    if WRITE_DB:
+        tl.store(DB + cols, sum_b.to(DB.dtype.element_ty), mask=col_ok)
+    sums = OUT + 1 + cols
+    squares = sums + N_NAMES * D
+    if TAP_W >= 0:
+        tl.store(sums + TAP_W * D, sum_w, mask=col_ok)
+        tl.store(squares + TAP_W * D, sq_w, mask=col_ok)
+    if TAP_B >= 0:
+        tl.store(sums + TAP_B * D, sum_b, mask=col_ok)
+        tl.store(squares + TAP_B * D, sq_b, mask=col_ok)
+    if pid == 0:
+        tl.store(OUT, count)
+
+
 def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Output allocation (tests replace it to poison outputs the kernels must overwrite)."""
     return torch.empty(shape, dtype=dtype, device=device)
@@ -209,3 +254,34 @@ def norm_backward(
         partial[:, 1].zero_()
         partial[::per_example, 1] = dy.reshape(examples, rows_per_example, D).sum(1, dtype=torch.float32)
     return dx, partial
+
+
+#: Columns per program and examples per load of `fold_examples`.
+FOLD_BLOCK = 128
+FOLD_EXAMPLES = 16
+
+
+def fold_examples(
+    per_example: torch.Tensor, count: float, weight: torch.Tensor, bias: torch.Tensor | None,
+    need_dw: bool, need_db: bool, tap_positions: tuple[int, int], width: int,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """dweight, dbias and a tap's gradient from per-example gradients ``[examples, 1 or 2, D]``
+    (float32; channel 0 the weight's, 1 the bias's), in one launch.
+
+    ``tap_positions`` = (k of the weight, k of the bias) in the tap's layout, -1 for a
+    parameter not in it; ``width`` is the layout's width.
+    """
+    per_example = per_example.contiguous()
+    n_examples, channels, D = per_example.shape
+    dw = _empty(D, weight.dtype, weight.device) if need_dw else None
+    db = _empty(D, bias.dtype, bias.device) if need_db and bias is not None else None
+    out = _empty(width, torch.float32, per_example.device)
+    n_names = sum(1 for k in tap_positions if k >= 0)
+    _fold_kernel[(triton.cdiv(D, FOLD_BLOCK),)](
+        per_example, dw if dw is not None else out, db if db is not None else out, out,
+        D, n_examples, float(count),
+        HAS_BIAS=channels == 2, CHANNELS=channels, WRITE_DW=dw is not None, WRITE_DB=db is not None,
+        TAP_W=tap_positions[0], TAP_B=tap_positions[1], N_NAMES=n_names,
+        EXAMPLES=FOLD_EXAMPLES, BLOCK=FOLD_BLOCK, num_warps=4,
+    )
+    return dw, db, out

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     model = build_model(args, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
 
-    callbacks = []
+    gns_callback = None
     if not args.no_gns:
         try:
             import hf_gns
@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
 
         patched = hf_gns.patch_model(model, kernel=args.kernel)
         policy = None if args.batch_size_policy == "none" else args.batch_size_policy
-        callbacks.append(hf_gns.GNSCallback(batch_size=policy, max_tokens=args.max_tokens, lr_scaling=args.lr_scaling,
-                                            full_model_every=args.full_model_every, model_card=not args.no_report))
+        gns_callback = hf_gns.GNSCallback(batch_size=policy, max_tokens=args.max_tokens, lr_scaling=args.lr_scaling,
+                                          full_model_every=args.full_model_every, model_card=not args.no_report)
         if training_args.process_index == 0:
             print(f"hf_gns: patched {len(patched)} modules")
 
@@ -216,10 +216,11 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=lm_data[eval_split] if eval_split else None,
         data_collator=default_data_collator,  # blocks are packed: no padding, labels already set
         processing_class=tokenizer,
-        callbacks=callbacks,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits,
     )
+    if gns_callback is not None:
+        hf_gns.attach(trainer, gns_callback)  # first among the callbacks: report_to sees gns/*
     if trainer.is_world_process_zero():
         print(
             f"model: {model.config.model_type}, {n_params / 1e6:.2f}M params | "
@@ -251,12 +252,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"gns/b_simple:     {b_simple:.4g} (last logged)")
         elif not args.no_gns:
             print("gns/b_simple:     not logged")
-        if callbacks and not args.no_report:
+        if gns_callback is not None and not args.no_report:
             from hf_gns.model_card import update_model_card
             from hf_gns.plot import plot_runs
 
             plots = plot_runs([args.output_dir], args.output_dir)
-            card = update_model_card(args.output_dir, callbacks[0].history,
+            card = update_model_card(args.output_dir, gns_callback.history,
                                      plot_path=next((p for p in plots if p.endswith("gns.png")), None))
             print(f"plots:            {', '.join(plots)}")
             print(f"model card:       {card}")

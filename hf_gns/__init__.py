@@ -2,7 +2,8 @@
 
     import hf_gns
     hf_gns.patch_model(model)                          # per-example norms of every norm layer
-    trainer = Trainer(..., callbacks=[hf_gns.GNSCallback()])
+    trainer = Trainer(...)
+    hf_gns.attach(trainer)                             # GNS in every log, first among the callbacks
 """
 
 from .estimator import EMA, GNSEstimate, GNSTracker, NotEstimable, estimate, estimate_per_param
@@ -12,6 +13,7 @@ from .stats import GradientStats, ParamStats, PendingStats, gather_stats, gather
 __version__ = "0.1.0"
 
 __all__ = [
+    "attach",
     "GNSCallback",
     "GNSLoop",
     "EMA",
@@ -36,10 +38,10 @@ __all__ = [
 
 def __getattr__(name: str):
     # these import transformers / accelerate only when asked for
-    if name == "GNSCallback":
-        from .callback import GNSCallback
+    if name in ("GNSCallback", "attach"):
+        from . import callback
 
-        return GNSCallback
+        return getattr(callback, name)
     if name == "GNSLoop":
         from .accelerate_loop import GNSLoop
 

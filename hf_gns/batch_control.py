@@ -127,7 +127,6 @@ class TrainerBatchControl:
         self.micro_batch = 1  # examples per micro-batch, all ranks together
         self.micro_in_epoch = 0
         self.changes: list[dict] = []
-        self.trainer = None
         self.scheduler: LambdaLR | None = None
         self._progress = None
         self._micro_per_epoch: int | None = None
@@ -140,9 +139,6 @@ class TrainerBatchControl:
         return self.clock.budget
 
     # -- wiring ----------------------------------------------------------------------------
-    def attach(self, trainer) -> None:
-        self.trainer = trainer
-
     def on_train_begin(self, args, state, lr_scheduler=None, callbacks=(), saved: dict | None = None,
                        train_dataloader=None) -> None:
         """Start (or, with ``saved`` from a checkpoint, resume) controlling this run."""

@@ -13,12 +13,9 @@ import json
 import logging
 import math
 import os
-import sys
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_callback import CallbackHandler
-
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import ParallelMode
 
@@ -42,17 +39,33 @@ def refuse_data_parallel(args: TrainingArguments) -> None:
             "(DistributedDataParallel, supported), or make one GPU visible (CUDA_VISIBLE_DEVICES=0)")
 
 
-def _find_in_stack(cls: type, depth: int = 8) -> Any:
-    """The nearest caller frame's ``self`` that is an instance of ``cls``, if any."""
-    frame = sys._getframe(2)
-    for _ in range(depth):
-        if frame is None:
-            return None
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, cls):
-            return candidate
-        frame = frame.f_back
-    return None
+def attach(trainer, callback: "GNSCallback | None" = None, **kwargs) -> "GNSCallback":
+    """Add GNS to ``trainer`` and return its callback (``GNSCallback(**kwargs)`` unless given).
+
+    The Trainer calls its ``report_to`` integrations (TensorBoard, W&B, ...) before the callbacks
+    passed to it, so keys a user callback adds to a log arrive after they have written it. This
+    puts the callback first, through the Trainer's public ``remove_callback`` / ``add_callback``,
+    so ``gns/*`` reach every integration at the same step as ``loss``.
+    """
+    if callback is None:
+        callback = GNSCallback(**kwargs)
+    elif kwargs:
+        raise TypeError(f"attach: give either a callback or its arguments, not both (got {sorted(kwargs)})")
+    elif not isinstance(callback, GNSCallback):
+        raise TypeError(f"attach: callback must be a GNSCallback, got {type(callback).__name__}")
+    present = list(trainer.callback_handler.callbacks)
+    others = [c for c in present if c is not callback]
+    for each in present:
+        trainer.remove_callback(each)
+    for each in [callback] + others:
+        trainer.add_callback(each)
+    callback.trainer = trainer
+    return callback
+
+
+def _integrations(args: TrainingArguments) -> list[str]:
+    report_to = args.report_to if isinstance(args.report_to, (list, tuple)) else [args.report_to]
+    return [r for r in report_to if r not in (None, "none")]
 
 
 class GNSCallback(TrainerCallback):
@@ -123,28 +136,19 @@ class GNSCallback(TrainerCallback):
         self._model = None
 
     # -- wiring ----------------------------------------------------------------------------
-    def set_trainer(self, trainer) -> None:
-        """Give the callback its Trainer (done automatically at train start)."""
-        self.trainer = trainer
-        if self.control is not None:
-            self.control.attach(trainer)
-
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
-        handler = _find_in_stack(CallbackHandler)
-        if handler is not None and handler.callbacks and handler.callbacks[0] is not self:
-            # run before the report_to integrations so they see the gns/* keys
-            handler.callbacks = [self] + [c for c in handler.callbacks if c is not self]
-        if self.trainer is None:
-            from transformers import Trainer
-
-            trainer = _find_in_stack(Trainer, depth=12)
-            if trainer is not None:
-                self.set_trainer(trainer)
+        if self.trainer is None and _integrations(args) and state.is_world_process_zero:
+            logger.warning(
+                "hf_gns: GNSCallback was given in callbacks=[...]: the Trainer calls the report_to integrations "
+                "(%s) before it, so gns/* reach trainer.state.log_history and %s but not them. Add it with "
+                "hf_gns.attach(trainer) instead.", ", ".join(_integrations(args)), self.history_file or "the history")
         refuse_data_parallel(args)
         self._model = model
         if model is not None and not patched_modules(model):
             names = patch_model(model)
-            logger.info("hf_gns: model was not patched; patched %d norm modules", len(names))
+            logger.warning("hf_gns: the model was not patched: GNSCallback patched its %d norm modules (call "
+                           "hf_gns.patch_model(model) yourself to choose kernel / include / exclude; to stop "
+                           "measuring, remove the callback or use hf_gns.set_recording(model, False))", len(names))
         if model is not None:
             place_statistics(model)
             reset_stats(model)
@@ -154,7 +158,7 @@ class GNSCallback(TrainerCallback):
         saved = self._load_checkpoint_state(args, state)
         if self.control is not None:
             self.control.on_train_begin(args, state, kwargs.get("lr_scheduler"),
-                                        handler.callbacks if handler is not None else (),
+                                        self.trainer.callback_handler.callbacks if self.trainer is not None else (),
                                         saved.get("batch_control") if saved else None,
                                         kwargs.get("train_dataloader"))
 

@@ -243,6 +243,16 @@ class PatchedNorm:
             return True
         return x.is_cuda and _triton_importable()
 
+    def extra_repr(self) -> str:
+        """The module's own ``extra_repr`` plus what hf_gns does with it (``print(model)``)."""
+        own = type(self.module_ref).extra_repr(self.module_ref)
+        tag = f"hf_gns={self.plan.formula.name if self.plan.formula else 'generic'}"
+        if self.unmeasurable is not None:
+            tag += " (left out)"
+        elif not self.enabled:
+            tag += " (recording off)"
+        return f"{own}, {tag}" if own else tag
+
     # -- lifecycle -----------------------------------------------------------------------
     def restore(self) -> None:
         module = self.module_ref
@@ -251,6 +261,7 @@ class PatchedNorm:
         else:
             module.__dict__[self.forward_attr] = self.saved_forward
         module.__dict__.pop("_apply", None)
+        module.__dict__.pop("extra_repr", None)
 
 
 def _is_parameter_data(x: torch.Tensor) -> bool:
@@ -440,6 +451,7 @@ def patch_model(
         module.__dict__[_STATE] = state
         module.__dict__[state.forward_attr] = state.forward
         module.__dict__["_apply"] = state.apply
+        module.__dict__["extra_repr"] = state.extra_repr
     for name, state in patched_modules(model):  # norms patched before through a part of the model
         state.counter, state.qualname = counter, name
     _set_entries(model, counter)

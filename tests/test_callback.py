@@ -143,20 +143,33 @@ def test_loss_curve_identical_to_unpatched_run(tmp_path):
         assert torch.equal(p, q), n
 
 
-def test_callback_placed_later_still_runs_before_others(tmp_path):
+@pytest.mark.parametrize("attached", [True, False])
+def test_attach_runs_the_callback_before_earlier_callbacks(tmp_path, attached):
+    """Callbacks before GNSCallback (the report_to integrations are) see gns/* in the same log only
+    when it was added with hf_gns.attach; without it they do not (and log_history still has them)."""
     seen = []
 
     class Recorder(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             seen.append(dict(logs or {}))
 
-    dataset = TokenDataset(24)
-    train(tmp_path, dataset, callbacks=[Recorder(), hf_gns.GNSCallback()], steps=4)
+    callback = hf_gns.GNSCallback(model_card=False)
+    model = make_model("llama")
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, logging_steps=1,
+                             report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=TokenDataset(24),
+                      callbacks=[Recorder()] + ([] if attached else [callback]))
+    if attached:
+        hf_gns.attach(trainer, callback)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
     step_entries = [s for s in seen if "loss" in s]
     assert len(step_entries) == 4
     for s in step_entries:
         for key in GNS_KEYS:
-            assert key in s, (key, s)
+            assert (key in s) == attached, (key, s)
+    assert all(key in e for e in step_logs(trainer) for key in GNS_KEYS)
 
 
 def test_batch_of_one_is_skipped_not_crashing(tmp_path):
@@ -384,3 +397,67 @@ def test_fp16_loss_scale_divided_out_and_skipped_steps_dropped(tmp_path):
     # step 2 overflowed (the scaler skipped it): logged as skipped, not folded into the EMAs
     assert scaled[2]["gns/skipped"] == 1.0 and "gns/step_g2" not in scaled[2]
     assert scaled[3]["gns/skipped"] == 0.0
+
+
+def _scalar_steps(logdir) -> dict[str, list[int]]:
+    import os
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps: dict[str, list[int]] = {}
+    for root, _, files in os.walk(logdir):
+        if any(f.startswith("events.out.tfevents") for f in files):
+            acc = EventAccumulator(root)
+            acc.Reload()
+            for tag in acc.Tags()["scalars"]:
+                steps.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
+    return steps
+
+
+@pytest.mark.parametrize("attached", [True, False])
+def test_tensorboard_event_files_hold_gns_at_the_loss_steps(tmp_path, attached, caplog):
+    """A real report_to integration: with hf_gns.attach the TensorBoard event files hold gns/* at the
+    same steps as loss; given in callbacks=[...] (after the integrations) they hold none, and a
+    warning says how to fix it."""
+    pytest.importorskip("tensorboard")
+    args = TrainingArguments(  # event files go under output_dir (runs/...)
+        output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=3, logging_steps=1,
+        report_to=["tensorboard"], use_cpu=True, save_strategy="no",
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+    model = make_model("llama")
+    hf_gns.patch_model(model)
+    callback = hf_gns.GNSCallback(model_card=False)
+    trainer = Trainer(model=model, args=args, train_dataset=TokenDataset(30),
+                      callbacks=[] if attached else [callback])
+    if attached:
+        assert hf_gns.attach(trainer, callback) is callback
+        assert trainer.callback_handler.callbacks[0] is callback
+        assert sum(c is callback for c in trainer.callback_handler.callbacks) == 1
+    with caplog.at_level("WARNING", logger="hf_gns.callback"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    trainer.callback_handler.callbacks = []  # flush and close the writer
+    steps = _scalar_steps(tmp_path)
+    assert sorted(steps["train/loss"]) == [1, 2, 3, 4, 5]
+    gns_tags = [t for t in steps if t.startswith("train/gns/")]
+    if attached:
+        assert "train/gns/tokens" in gns_tags and "train/gns/g2" in gns_tags
+        for tag in gns_tags:
+            assert sorted(steps[tag]) == sorted(steps["train/loss"]), tag
+        assert "hf_gns.attach" not in caplog.text
+    else:
+        assert gns_tags == []
+        assert "hf_gns.attach(trainer)" in caplog.text and "tensorboard" in caplog.text
+        assert all("gns/g2" in e for e in step_logs(trainer))  # still measured and in log_history
+
+
+def test_attach_validates_its_arguments(tmp_path):
+    trainer = Trainer(model=make_model("llama"), args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                                                      use_cpu=True))
+    with pytest.raises(TypeError, match="either a callback or its arguments"):
+        hf_gns.attach(trainer, hf_gns.GNSCallback(), ema=0.9)
+    with pytest.raises(TypeError, match="must be a GNSCallback, got str"):
+        hf_gns.attach(trainer, "gns")
+    made = hf_gns.attach(trainer, ema=0.9)
+    assert made.ema == 0.9 and trainer.callback_handler.callbacks[0] is made

@@ -159,3 +159,20 @@ def test_patching_a_model_without_norms_warns():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
     with pytest.warns(UserWarning, match="no normalization layer"):
         assert hf_gns.patch_model(model) == []
+
+
+def test_print_model_marks_patched_norms_and_unpatch_removes_the_mark():
+    import pickle
+
+    model = make_model("llama")
+    hf_gns.patch_model(model)
+    text = repr(model)
+    norms = [m for m in model.modules() if type(m).__name__ == "LlamaRMSNorm"]
+    assert norms and all(repr(n).endswith("hf_gns=llama_rms)") for n in norms) and "hf_gns=llama_rms" in text
+    assert f"eps={norms[0].variance_epsilon}" in repr(norms[0])  # the module's own description kept
+    hf_gns.set_recording(model, False)
+    assert "hf_gns=llama_rms (recording off)" in repr(norms[0])
+    hf_gns.set_recording(model, True)
+    assert "hf_gns=llama_rms" in repr(pickle.loads(pickle.dumps(model)))
+    hf_gns.unpatch_model(model)
+    assert "hf_gns" not in repr(model)

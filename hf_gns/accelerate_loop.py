@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -33,10 +32,10 @@ from torch import nn
 
 from .batch_control import LR_SCALINGS, TokenClock, scale_lr_for_batch, wrap_lambda_lr
 from .distributed import sum_over_ranks
-from .estimator import GNSTracker, NotEstimable, estimate
+from .estimator import GNSTracker
+from .measure import GNSMeter, read_loss_scale
 from .patch import pass_counters, patch_model, patched_modules, place_statistics
-from .schedule import make_policy
-from .stats import PendingStats, gather_stats_async
+from .schedule import accumulation_for, make_policy
 from .validation import check_choice, check_fraction, check_number, check_positive_int, check_type
 
 logger = logging.getLogger(__name__)
@@ -72,13 +71,11 @@ class GNSLoop:
         self.start_accumulation = self.accumulation = accumulation_steps
         self.max_tokens = max_tokens
         self.lr_scaling = lr_scaling
-        self.tracker = GNSTracker(ema)
+        self.meter = GNSMeter(ema, prefix)
         self.clock = TokenClock()
         self.prefix = prefix
         self.steps = 0
         self.micro_batch: int | None = None
-        self.history: list[dict[str, float]] = []
-        self._in_flight: list[tuple[int, PendingStats, Any, dict]] = []
         self._scale: Any = 1.0
         self._scheduler = None
         self._group_size = accumulation_steps
@@ -98,7 +95,7 @@ class GNSLoop:
 
     def micro_batches(self, group: list) -> Iterator[tuple[Any, contextlib.AbstractContextManager]]:
         """(batch, context): gradients are all-reduced on the group's last micro-batch only."""
-        self._scale = self._loss_scale()
+        self._scale = read_loss_scale(getattr(self.accelerator, "scaler", None))
         self._group_size = len(group)
         for i, batch in enumerate(group):
             last = i == len(group) - 1
@@ -159,16 +156,25 @@ class GNSLoop:
             self._count_tokens()
         self._tokens_counted = False
         skipped = bool(getattr(self.accelerator, "optimizer_step_was_skipped", False))
-        pending = gather_stats_async(self.model)
-        self._in_flight.append((self.steps, pending, self._scale if not skipped else None, self._log_batch()))
-        self._resolve(self.steps - 1)
+        self.meter.start(self.model, self.steps, self._scale, skipped, self._log_batch())
+        self.meter.resolve(self.steps - 1)
         self._choose_accumulation()
         return self.history[-1] if self.history else {}
 
     def finish(self) -> dict[str, float]:
         """Read every measurement still in flight (end of training)."""
-        self._resolve(self.steps)
+        self.meter.resolve(self.steps)
         return self.history[-1] if self.history else {}
+
+    @property
+    def tracker(self) -> GNSTracker:
+        """The EMAs of |G|^2 and tr(Sigma) (``tracker.b_simple``)."""
+        return self.meter.tracker
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Every measured step's record (``step`` and the ``gns/*`` values)."""
+        return self.meter.history
 
     @property
     def done(self) -> bool:
@@ -188,8 +194,8 @@ class GNSLoop:
                                     self.tracker.steps)
         if target is None:
             return
-        wanted = max(self.accumulation, int(round(target / self.micro_batch)))
-        if wanted != self.accumulation:
+        wanted = accumulation_for(target, self.micro_batch, self.accumulation)  # the Trainer's rule
+        if wanted > self.accumulation:
             logger.info("hf_gns: step %d: accumulation %d -> %d", self.steps, self.accumulation, wanted)
             self.accumulation = wanted
             scale_lr_for_batch(self.clock, self.lr_scaling, wanted / self.start_accumulation, self._scheduler)
@@ -200,36 +206,6 @@ class GNSLoop:
         rows = self.micro_batch or 0
         return {p + "batch_size": float(rows * self._group_size), p + "accumulation_steps": float(self._group_size),
                 p + "tokens": self.clock.tokens}
-
-    def _resolve(self, upto: int) -> None:
-        p = self.prefix
-        while self._in_flight and self._in_flight[0][0] <= upto:
-            step, pending, scale, batch_values = self._in_flight.pop(0)
-            record = {"step": step, **batch_values}
-            stats = pending.result()
-            try:
-                if scale is None:
-                    raise NotEstimable("optimizer step skipped (fp16 overflow)")
-                est = estimate(stats, scale=float(scale))
-            except NotEstimable as error:
-                logger.warning("hf_gns: step %d not measured: %s", step, error)
-                record[p + "skipped"] = 1.0
-            else:
-                self.tracker.update(est)
-                per_example = stats.tokens / est.num_examples if stats.tokens else math.nan
-                record.update({p + "b_simple": self.tracker.b_simple,
-                               p + "b_simple_tokens": self.tracker.b_simple * per_example,
-                               p + "g2": self.tracker.g2.get(), p + "trace_sigma": self.tracker.trace_sigma.get(),
-                               p + "step_b_simple": est.b_simple, p + "examples": float(est.num_examples),
-                               p + "skipped": 0.0})
-            self.history.append(record)
-
-    def _loss_scale(self):
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is None or not scaler.is_enabled():
-            return 1.0
-        get_async = getattr(scaler, "_get_scale_async", None)
-        return get_async() if get_async is not None else scaler.get_scale()
 
 
 def _batch_rows(batch) -> int:

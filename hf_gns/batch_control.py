@@ -26,7 +26,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from .estimator import GNSTracker
-from .schedule import Policy, accumulation_for, make_policy
+from .schedule import POLICY_STATES, Policy, accumulation_for, make_policy, policy_state
 from .validation import check_choice, check_number
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ class TrainerBatchControl:
         self.micro_batch = 1  # examples per micro-batch, all ranks together
         self.micro_in_epoch = 0
         self.changes: list[dict] = []
+        self.policy_state: str | None = None  # see hf_gns.schedule.POLICY_STATES
+        self.policy_target: int | None = None
         self.scheduler: LambdaLR | None = None
         self._progress = None
         self._micro_per_epoch: int | None = None
@@ -156,6 +158,11 @@ class TrainerBatchControl:
             self.start_accumulation = self.accumulation = args.gradient_accumulation_steps
             self.clock.horizon = float(state.max_steps) if state.max_steps and state.max_steps > 0 else None
             self.clock.budget = self.max_tokens
+            min_steps = getattr(self.policy, "min_steps", 0)
+            if self.max_tokens is None and 0 < state.max_steps <= min_steps:
+                logger.warning("hf_gns: the batch-size policy %r waits for min_steps=%d measured steps, but the run "
+                               "has %d: the batch will not change (lower min_steps)", self.policy, min_steps,
+                               state.max_steps)
         if lr_scheduler is not None:
             self._wrap_scheduler(lr_scheduler)
         if args.world_size > 1 and not args.dataloader_drop_last:
@@ -206,6 +213,8 @@ class TrainerBatchControl:
             self._check_budget_fits_data(state)
         target = self.policy.target(self.clock.tokens, tracker.b_simple,
                                     self.micro_batch * self.start_accumulation, self.budget, tracker.steps)
+        self._note_state(policy_state(self.policy, target, self.batch_size, self.clock.tokens, tracker.b_simple,
+                                      tracker.steps), target, state.global_step)
         if target is not None:
             wanted = accumulation_for(target, self.micro_batch, self.accumulation)
             if wanted > self.accumulation and (self.pending is None or wanted > self.pending):
@@ -257,8 +266,18 @@ class TrainerBatchControl:
         """Global batch in examples."""
         return self.micro_batch * self.accumulation
 
+    def _note_state(self, state_and_why: tuple[str, str], target: int | None, step: int) -> None:
+        """Keep the policy's state for the log; say it whenever it changes."""
+        state, why = state_and_why
+        if state != self.policy_state:
+            logger.warning("hf_gns: step %d: batch-size policy %s (%s)", step, state.replace("_", " "), why)
+        self.policy_state, self.policy_target = state, target
+
     def log_values(self, prefix: str = "gns/") -> dict[str, float]:
-        return {prefix + "batch_size": float(self.batch_size),
+        """The batch in force, the token clock and the policy's state as of the last step's end."""
+        return {prefix + "policy_state": POLICY_STATES.get(self.policy_state, math.nan),
+                prefix + "policy_target": float(self.policy_target) if self.policy_target is not None else math.nan,
+                prefix + "batch_size": float(self.batch_size),
                 prefix + "accumulation_steps": float(self.accumulation),
                 prefix + "tokens": self.clock.tokens,
                 prefix + "lr_step_equivalent": self.clock.step_equivalent(0)}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from typing import Any
 
@@ -21,9 +20,10 @@ from transformers.training_args import ParallelMode
 
 from .batch_control import LR_SCALINGS, STATE_FILE, TrainerBatchControl, load_state, save_state
 from .distributed import sum_over_ranks
-from .estimator import GNSTracker, NotEstimable, estimate, estimate_per_param
+from .estimator import GNSTracker, NotEstimable, estimate
+from .measure import GNSMeter, read_loss_scale
 from .patch import pass_counters, patch_model, patched_modules, place_statistics
-from .stats import PendingStats, gather_stats_async, reset_stats
+from .stats import reset_stats
 from .validation import check_choice, check_fraction, check_int, check_number, check_type
 
 logger = logging.getLogger(__name__)
@@ -113,8 +113,7 @@ class GNSCallback(TrainerCallback):
         check_type("prefix", prefix, str, "a string")
         check_type("history_file", history_file, (str, type(None)), "None or a file name")
         check_type("model_card", model_card, bool, "True or False")
-        self.tracker = GNSTracker(ema)
-        self.layer_trackers: dict[str, GNSTracker] = {}
+        self.meter = GNSMeter(ema, prefix, log_layers)
         self.ema = ema
         self.log_layers = log_layers
         self.prefix = prefix
@@ -126,11 +125,7 @@ class GNSCallback(TrainerCallback):
         self.full_trackers = {"full_model": GNSTracker(ema), "full_model_ln": GNSTracker(ema)}
         self._full_values: dict[str, float] = {}
         self.trainer = None
-        self.history: list[dict[str, float]] = []
-        self.tokens_seen = 0.0  # non-padding input tokens of training forwards, all ranks
-        self._reasons_seen: set[str] = set()
         self._to_log: dict[str, float] = {}
-        self._in_flight: list[tuple[int, PendingStats, Any, bool, dict]] = []
         self._scale: Any = 1.0
         self._skipped_step = False
         self._model = None
@@ -174,12 +169,7 @@ class GNSCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.full_model_every and (state.global_step + 1) % self.full_model_every == 0:
             self._measure_full_model()
-        scaler = getattr(optimizer, "scaler", None)
-        self._scale = 1.0
-        if scaler is not None and scaler.is_enabled():
-            # the scale tensor as is (read when the step is resolved, so no host sync here)
-            get_async = getattr(scaler, "_get_scale_async", None)
-            self._scale = get_async() if get_async is not None else scaler.get_scale()
+        self._scale = read_loss_scale(getattr(optimizer, "scaler", None))
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         self._skipped_step = bool(getattr(optimizer, "step_was_skipped", False))
@@ -194,11 +184,10 @@ class GNSCallback(TrainerCallback):
             return
         # start this step's reduction; read the previous step's (a fixed one-step lag, so the
         # GPU queue never drains and every rank decides on the same numbers)
-        pending = gather_stats_async(model, reset=True)
         batch_values = self.control.log_values(self.prefix) if self.control is not None else {}
         batch_values.update(self._full_values)
         self._full_values = {}
-        self._in_flight.append((state.global_step, pending, self._scale, self._skipped_step, batch_values))
+        self.meter.start(model, state.global_step, self._scale, self._skipped_step, batch_values)
         self._skipped_step = False
         self._resolve(upto=state.global_step - 1)
         if self.control is not None:
@@ -226,60 +215,20 @@ class GNSCallback(TrainerCallback):
             logger.warning("hf_gns: whole-model measurement skipped: %s", error)
 
     def _resolve(self, upto: int) -> None:
-        """Fold in the measurements of every step <= ``upto``, oldest first."""
-        while self._in_flight and self._in_flight[0][0] <= upto:
-            step, pending, scale, skipped, batch_values = self._in_flight.pop(0)
-            stats = pending.result()
-            record = self._measure(stats, step, float(scale), skipped)
-            self.tokens_seen += stats.tokens
-            record[self.prefix + "tokens"] = self.tokens_seen  # (a batch-size policy's clock overrides it)
-            record.update(batch_values)
+        """Fold in the measurements of every step <= ``upto``; the newest one is logged next."""
+        record = self.meter.resolve(upto)
+        if record is not None:
             self._to_log = record
-            self.history.append({"step": step, **record})
 
-    def _measure(self, stats, step: int, scale: float, skipped: bool) -> dict[str, float]:
-        p = self.prefix
-        record: dict[str, float] = {}
-        reason = None
-        if skipped:
-            reason = "optimizer step skipped (fp16 overflow)"
-        elif stats.problems:
-            reason = "; ".join(stats.problems[:2])
-        elif stats.total.num_examples == 0:
-            reason = ("no per-example statistics were recorded (no trainable normalization parameter, "
-                      "or no patched norm ran with gradients enabled)")
-        else:
-            try:
-                est = estimate(stats, scale=scale)
-            except NotEstimable as error:
-                reason = str(error)
-        if reason is not None:
-            # once per kind of reason at warning level, then quietly (a batch of 1 would repeat it every step)
-            kind = reason.split(":")[0].split(",")[0]
-            level = logging.DEBUG if kind in self._reasons_seen else logging.WARNING
-            self._reasons_seen.add(kind)
-            logger.log(level, "hf_gns: step %d not measured: %s", step, reason)
-            record[p + "skipped"] = 1.0
-        else:
-            self.tracker.update(est)
-            tokens_per_example = stats.tokens / est.num_examples if stats.tokens else math.nan
-            record.update({
-                p + "b_simple": self.tracker.b_simple,
-                p + "b_simple_tokens": self.tracker.b_simple * tokens_per_example,
-                p + "g2": self.tracker.g2.get(),
-                p + "trace_sigma": self.tracker.trace_sigma.get(),
-                p + "step_b_simple": est.b_simple,
-                p + "step_g2": est.g2,
-                p + "step_trace_sigma": est.trace_sigma,
-                p + "examples": float(est.num_examples),
-                p + "skipped": 0.0,
-            })
-            if self.log_layers:
-                for name, layer_est in estimate_per_param(stats, scale=scale).items():
-                    tracker = self.layer_trackers.setdefault(name, GNSTracker(self.ema))
-                    tracker.update(layer_est)
-                    record[f"{p}layer/{name}"] = tracker.b_simple
-        return record
+    @property
+    def tracker(self) -> GNSTracker:
+        """The EMAs of |G|^2 and tr(Sigma) (``tracker.b_simple``)."""
+        return self.meter.tracker
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Every measured step's record (``step`` and the logged ``gns/*`` values)."""
+        return self.meter.history
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self._resolve(upto=state.global_step)
@@ -300,17 +249,11 @@ class GNSCallback(TrainerCallback):
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue the same trajectory."""
-        return {"tracker": self.tracker.state_dict(), "tokens_seen": self.tokens_seen,
-                "layer_trackers": {n: t.state_dict() for n, t in self.layer_trackers.items()},
-                "history": self.history,
+        return {**self.meter.state_dict(),
                 "batch_control": self.control.state_dict() if self.control is not None else None}
 
     def load_state_dict(self, data: dict) -> None:
-        self.tracker.load_state_dict(data["tracker"])
-        for name, tracker_state in data.get("layer_trackers", {}).items():
-            self.layer_trackers.setdefault(name, GNSTracker(self.ema)).load_state_dict(tracker_state)
-        self.history = list(data.get("history", []))
-        self.tokens_seen = float(data.get("tokens_seen", 0.0))
+        self.meter.load_state_dict(data)
 
     def _load_checkpoint_state(self, args, state) -> dict | None:
         if state.global_step == 0:

@@ -114,6 +114,24 @@ class StepSchedule:
 
 Policy = GNSPolicy | LinearSchedule | StepSchedule
 
+#: What a policy is doing, logged as ``gns/policy_state`` (a number, so every integration plots it).
+POLICY_STATES = {"warming_up": 0.0, "waiting_for_gns": 1.0, "holding": 2.0, "growing": 3.0}
+
+
+def policy_state(policy: Policy, target: int | None, batch: int, tokens: float, b_simple: float,
+                 measured_steps: int) -> tuple[str, str]:
+    """(state, why) of ``policy`` at the current step: one of `POLICY_STATES` and a sentence."""
+    if isinstance(policy, GNSPolicy):
+        if measured_steps < policy.min_steps:
+            return "warming_up", f"{measured_steps} of min_steps={policy.min_steps} measured steps"
+        if tokens < policy.warmup_tokens:
+            return "warming_up", f"{tokens:.4g} of warmup_tokens={policy.warmup_tokens:.4g} tokens"
+        if not math.isfinite(b_simple) or b_simple <= 0:
+            return "waiting_for_gns", f"B_simple is {b_simple:.4g} (its EMA of |G|^2 is not positive yet)"
+    if target is None or target <= batch:
+        return "holding", f"target batch {target} <= batch {batch}"
+    return "growing", f"target batch {target} > batch {batch}"
+
 
 # string keys of GNSPolicy: the short aliases and every field name
 GNS_KEYS = {"k": "k", "min": "min_batch", "max": "max_batch", "warmup": "warmup_tokens",

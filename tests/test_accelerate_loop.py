@@ -99,3 +99,15 @@ def test_wrapped_schedule_spans_the_token_budget_and_stops_there():
     before = [0] + cumulative(per_micro * s for s in sizes)[:-1]
     assert lrs == pytest.approx([0.1 * (1 - t / budget) for t in before], rel=1e-9)
     assert sum(sizes) * per_micro >= budget > (sum(sizes) - sizes[-1]) * per_micro
+
+
+def test_loop_records_what_the_callback_records():
+    """One measurement pipeline: the loop's records carry every per-step key the Trainer callback logs."""
+    dataset = SeqDataset(12)
+    loop, sizes, _ = run_loop(tiny_llama(), dataset, None)
+    keys = {"gns/b_simple", "gns/b_simple_tokens", "gns/g2", "gns/trace_sigma", "gns/step_b_simple",
+            "gns/step_g2", "gns/step_trace_sigma", "gns/examples", "gns/skipped", "gns/tokens"}
+    assert len(loop.history) == len(sizes) and all(keys <= set(h) for h in loop.history)
+    for h in loop.history:
+        if h["gns/step_g2"] > 0:
+            assert h["gns/step_b_simple"] == pytest.approx(h["gns/step_trace_sigma"] / h["gns/step_g2"])

@@ -315,7 +315,7 @@ def test_nothing_recorded_is_skipped_with_the_reason_once(caplog):
     gns = hf_gns.GNSCallback()
     empty = GradientStats(per_param={}, total=ParamStats(0, 0.0, 0.0))
     with caplog.at_level(logging.DEBUG, logger="hf_gns"):
-        records = [gns._measure(empty, step, 1.0, False) for step in (1, 2, 3)]
+        records = [gns.meter.measure(empty, step) for step in (1, 2, 3)]
     assert all(r == {"gns/skipped": 1.0} for r in records)
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "no per-example statistics" in warned[0].getMessage()
@@ -461,3 +461,27 @@ def test_attach_validates_its_arguments(tmp_path):
         hf_gns.attach(trainer, "gns")
     made = hf_gns.attach(trainer, ema=0.9)
     assert made.ema == 0.9 and trainer.callback_handler.callbacks[0] is made
+
+
+def test_policy_state_is_logged_and_a_policy_that_cannot_act_says_so(tmp_path, caplog):
+    """gns:max=64 over fewer steps than min_steps: warned at start, and every step logs
+    gns/policy_state = warming up; with min_steps=0 on a policy whose target exceeds the batch
+    the state is 'growing' and the target is logged."""
+    from hf_gns.schedule import POLICY_STATES
+
+    with caplog.at_level("WARNING", logger="hf_gns"):
+        idle = train(tmp_path / "idle", TokenDataset(40), callbacks=[hf_gns.GNSCallback(batch_size="gns:max=64")],
+                     steps=6, batch=2)
+    assert "waits for min_steps=50 measured steps, but the run has 6" in caplog.text
+    states = [e["gns/policy_state"] for e in step_logs(idle)[1:]]  # (a step logs the state at the end of the one before)
+    assert states and all(s == POLICY_STATES["warming_up"] for s in states)
+    assert "step 1: batch-size policy warming up (0 of min_steps=50 measured steps)" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_gns"):
+        grow = train(tmp_path / "grow", TokenDataset(80), callbacks=[hf_gns.GNSCallback(batch_size="linear:2:8:200")],
+                     steps=6, batch=2)
+    logs = step_logs(grow)[1:]
+    assert any(e["gns/policy_state"] == POLICY_STATES["growing"] for e in logs)
+    assert all(e["gns/policy_target"] >= 2 for e in logs)
+    assert "batch-size policy growing" in caplog.text

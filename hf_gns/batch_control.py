@@ -197,7 +197,7 @@ class TrainerBatchControl:
     def on_substep_end(self) -> None:
         self.micro_in_epoch += 1
 
-    def on_optimizer_step(self, step_tokens: float) -> None:
+    def on_optimizer_step(self, step_tokens: float, state=None) -> None:
         """Count this step's (global) tokens before the LR scheduler reads the clock."""
         self.clock.tokens += step_tokens
         if self.clock.tokens_per_step0 is None and step_tokens > 0:
@@ -205,6 +205,10 @@ class TrainerBatchControl:
             if self.clock.budget is None:
                 steps = self.clock.horizon or 1.0
                 self.clock.budget = steps * step_tokens
+        if state is not None and self.budget is not None and self.clock.tokens < self.budget:
+            # the budget, not the step count, ends the run: the Trainer's own step-count check runs in
+            # callbacks that may come before this one, with the step about to become global_step + 1
+            state.max_steps = max(state.max_steps, state.global_step + 2)
 
     def on_step_end(self, args, state, control, tracker: GNSTracker) -> None:
         self.micro_in_epoch += 1

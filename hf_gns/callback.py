@@ -176,7 +176,7 @@ class GNSCallback(TrainerCallback):
         if self.control is not None and self._model is not None:
             # every rank counts its own input positions; the sum keeps all ranks' LR and budget equal
             positions = sum(c.take_positions() for c in pass_counters(self._model))
-            self.control.on_optimizer_step(sum_over_ranks(positions))
+            self.control.on_optimizer_step(sum_over_ranks(positions), state)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         model = model if model is not None else self._model

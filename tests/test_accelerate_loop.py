@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
 import hf_gns
-from conftest import clone
-from test_batch_control import MICRO, SeqDataset, collate, cumulative, hand_sgd, micro_batches, positions, tiny_llama
+from helpers import clone
+from token_batches import MICRO, SeqDataset, collate, cumulative, hand_sgd, micro_batches, positions, tiny_llama
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -28,22 +28,19 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import Dataset, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 import hf_gns
-from conftest import clone, finish
-from token_batches import collate
+from helpers import clone
+from token_batches import (MICRO, VOCAB, SeqDataset, collate, cumulative, hand_sgd, label_tokens,
+                           micro_batches, positions, tiny_llama)
 from hf_gns.schedule import GNSPolicy, LinearSchedule, StepSchedule, accumulation_for, make_policy
 
-import transformers
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-VOCAB = 64
-MICRO = 2  # per_device_train_batch_size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,47 +161,6 @@ def test_accumulation_for_multiples_of_current_never_below():
 # ---------------------------------------------------------------------------------------------
 # Trainer helpers
 # ---------------------------------------------------------------------------------------------
-def tiny_llama(layers: int = 1) -> torch.nn.Module:
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48,
-                                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=32, tie_word_embeddings=False)
-    return finish(transformers.LlamaForCausalLM(config))
-
-
-class SeqDataset(Dataset):
-    """Sequences of random lengths in [lo, hi] of tokens below ``vocab`` (input_ids = labels).
-
-    The first two have the longest length, so the first micro-batch (which sets the default token
-    budget, max_steps x its tokens) is never short: the runs then last at least as many micro-batches
-    as the tests plan for, whatever the random lengths."""
-
-    def __init__(self, n: int, lo: int = 8, hi: int = 16, vocab: int = VOCAB):
-        lengths = torch.randint(lo, hi + 1, (n,))
-        lengths[:2] = hi
-        self.seqs = [torch.randint(0, vocab, (int(L),)) for L in lengths]
-
-    def __len__(self):
-        return len(self.seqs)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.seqs[i]}
-
-
-def micro_batches(dataset, micro=MICRO):
-    """The micro-batches of one epoch in order (what the sequential Trainer sees)."""
-    return [collate([dataset[j] for j in range(i, min(i + micro, len(dataset)))])
-            for i in range(0, len(dataset), micro)]
-
-
-def positions(batch) -> int:
-    return batch["input_ids"].numel()
-
-
-def label_tokens(batch) -> int:
-    """Labels the causal LM loss counts: labels[:, 1:] != -100 (the shift drops position 0)."""
-    return int((batch["labels"][:, 1:] != -100).sum())
-
-
 class RecordingTrainer(Trainer):
     """Examples in dataset order; records every training micro-batch and its num_items_in_batch."""
 
@@ -277,31 +233,6 @@ def run_trainer(args, model, dataset, callbacks, optimizers=(None, None), resume
 
 def step_logs(trainer):
     return [e for e in trainer.state.log_history if "loss" in e]
-
-
-def cumulative(values):
-    out, total = [], 0
-    for v in values:
-        total += v
-        out.append(total)
-    return out
-
-
-def hand_sgd(model, groups, lr):
-    """The oracle loop: per optimizer step, sum over its micro-batches of (summed token
-    cross-entropy) / (label tokens of the whole step), backward, SGD step, zero_grad."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    model.train()
-    for group in groups:
-        n = sum(label_tokens(b) for b in group)
-        for b in group:
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
-            ce = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), b["labels"][:, 1:].reshape(-1),
-                                 ignore_index=-100, reduction="sum")
-            (ce / n).backward()
-        opt.step()
-        opt.zero_grad()
-    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,8 +483,11 @@ def test_budget_beyond_planned_epochs_is_reached_or_reported(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="hf_gns"):
         trainer = run_trainer(make_args(tmp_path, max_steps=4), tiny_llama(), dataset, [gns])
     tokens = step_logs(trainer)[-1]["gns/tokens"]
-    warned = [r for r in caplog.records if r.name.startswith("hf_gns") and r.levelno >= logging.WARNING]
-    assert tokens >= M or warned, (tokens, M)
+    # the data ends first: one epoch (8 micro-batches) is all the Trainer planned, and that is said
+    assert tokens == PER_MICRO * 8 < M
+    warned = [r.getMessage() for r in caplog.records if r.name.startswith("hf_gns") and r.levelno >= logging.WARNING]
+    assert any(f"the token budget ({M} tokens) is more than the 1 epoch(s) the Trainer planned hold (about "
+               f"{PER_MICRO * 8} tokens)" in m for m in warned), warned
 
 
 # ---------------------------------------------------------------------------------------------
@@ -778,3 +712,17 @@ def test_ddp_trainer_dynamic_padding_keeps_lr_and_replicas_in_sync(ddp_runs):
     assert [s["gns/tokens"] for s in r0["steps"]] == [s["gns/tokens"] for s in r1["steps"]]
     assert [s["learning_rate"] for s in r0["steps"]] == [s["learning_rate"] for s in r1["steps"]]
     assert r0["params"] == r1["params"]
+
+
+def test_budget_not_cut_short_when_later_batches_are_shorter_than_the_first(tmp_path):
+    """The step estimate comes from the first step's tokens; later, shorter micro-batches need more
+    steps. With GNSCallback after the Trainer's own flow callback (callbacks=[...]) the run must still
+    end at the first step that reaches the token budget, not at the estimate."""
+    dataset = SeqDataset(60, 8, 8)
+    dataset.seqs[0], dataset.seqs[1] = torch.randint(0, VOCAB, (16,)), torch.randint(0, VOCAB, (16,))
+    gns = hf_gns.GNSCallback(batch_size="steps:0:2")
+    trainer = run_trainer(make_args(tmp_path, max_steps=5), tiny_llama(), dataset, [gns])
+    tokens = [e["gns/tokens"] for e in step_logs(trainer)]
+    budget = 5 * 2 * 16                                   # max_steps x the first step's positions
+    assert tokens[-1] >= budget > tokens[-2], tokens
+    assert len(tokens) == 1 + -(-(budget - 32) // 16)     # 1 long step, then steps of 16 positions

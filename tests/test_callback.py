@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset, SequentialSampler
 
 import hf_gns
-from conftest import clone, example_grads_bruteforce, make_model, norm_param_names
+from helpers import clone, example_grads_bruteforce, make_model, norm_param_names
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import hf_gns
-from conftest import (ARCHS, assert_stats_match, clone, example_grads_bruteforce, make_batch, make_model,
+from helpers import (ARCHS, assert_stats_match, clone, example_grads_bruteforce, make_batch, make_model,
                       norm_param_names, oracle_stats, packed_batch, packed_oracle, per_example_losses, rand_int,
                       rand_length)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import hf_gns
-from conftest import make_model, rand_length, rel_err
+from helpers import make_model, rand_length, rel_err
 
 
 @pytest.mark.parametrize("mode", ["eager", "compiled"])

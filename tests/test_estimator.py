@@ -13,7 +13,7 @@ import torch
 
 import hf_gns
 from hf_gns import EMA, GNSTracker, NotEstimable, ParamStats, estimate
-from conftest import (
+from helpers import (
     batch_loss,
     clone,
     example_grads_bruteforce,

@@ -13,12 +13,12 @@ import transformers
 from torch import nn
 
 import hf_gns
-import conftest
-from conftest import VOCAB, assert_stats_match, batch_loss, clone, example_grads_bruteforce, norm_param_names, oracle_stats
+import helpers
+from helpers import VOCAB, assert_stats_match, batch_loss, clone, example_grads_bruteforce, norm_param_names, oracle_stats
 
 
 def _xlnet():
-    return conftest._build(transformers.XLNetLMHeadModel, transformers.XLNetConfig, vocab_size=VOCAB,
+    return helpers._build(transformers.XLNetLMHeadModel, transformers.XLNetConfig, vocab_size=VOCAB,
                            d_model=lambda h: h, n_layer=2, n_head=4, d_inner=40)()
 
 
@@ -47,7 +47,7 @@ def test_sequence_first_with_t_equal_b_waits_for_an_unambiguous_call():
 def test_multiple_choice_with_t_equal_b_is_left_out():
     """BertForMultipleChoice flattens [B, C, T] to [B*C, T, D]: with T == B dim 1 matches the batch
     size only by coincidence; nothing is recorded, with a warning."""
-    model = conftest._build(transformers.BertForMultipleChoice, transformers.BertConfig, **conftest._common)()
+    model = helpers._build(transformers.BertForMultipleChoice, transformers.BertConfig, **helpers._common)()
     hf_gns.patch_model(model, kernel="torch")
     B = 3
     ids = torch.randint(0, VOCAB, (B, 2, B))
@@ -65,7 +65,7 @@ def test_deberta_relative_embedding_norm_is_left_out():
                                           norm_rel_ebd="layer_norm", position_buckets=8, max_relative_positions=16,
                                           pos_att_type=["p2c", "c2p"], hidden_dropout_prob=0.0,
                                           attention_probs_dropout_prob=0.0)
-    model = conftest.finish(transformers.DebertaV2ForMaskedLM(config))
+    model = helpers.finish(transformers.DebertaV2ForMaskedLM(config))
     ref = clone(model)
     hf_gns.patch_model(model, kernel="torch")
     batch = _batch(2, 8)  # the relative table has 2 x 8 = 16 rows: as many as the batch's tokens

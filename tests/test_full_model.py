@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 import hf_gns
-from conftest import rand_length
+from helpers import rand_length
 from hf_gns.full_model import per_example_gradient_stats, subset
 
 

@@ -360,7 +360,7 @@ def test_triton_model_over_micro_batches_matches_brute_force(name, checkpointing
     slots, later ones fold each once-called module's statistics in its backward (ALBERT's shared
     layer never folds); activation checkpointing recomputes inside the backward."""
     import hf_gns
-    from conftest import (assert_stats_match, batch_loss, clone, example_grads_bruteforce, make_batch,
+    from helpers import (assert_stats_match, batch_loss, clone, example_grads_bruteforce, make_batch,
                           make_model, norm_param_names, num_label_tokens, oracle_stats, rand_length, slice_batch)
 
     model = make_model(name).to(DEVICE)
@@ -389,9 +389,8 @@ def test_triton_model_over_micro_batches_matches_brute_force(name, checkpointing
 
 def test_triton_module_called_more_often_later_is_left_out(recwarn):
     """A module that ran once per pass, then twice in one pass (its folded statistics would miss the
-    cross terms): left out with a warning, the others still match the brute force."""
+    cross terms): left out with a warning; the other norm is still measured."""
     import hf_gns
-    from conftest import example_grads_bruteforce, oracle_stats
 
     class Twice(nn.Module):
         def __init__(self):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import hf_gns
-from conftest import (assert_stats_match, clone, example_grads_bruteforce, make_batch, make_model,
+from helpers import (assert_stats_match, clone, example_grads_bruteforce, make_batch, make_model,
                       norm_param_names, oracle_stats, rand_int, rand_length)
 
 

@@ -71,7 +71,8 @@ def main(argv=None) -> None:
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, total_steps0 // 10), total_steps0)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    loop = hf_gns.GNSLoop(accelerator, model, batch_size=args.batch_size_policy,
+    policy = None if args.batch_size_policy == "none" else args.batch_size_policy  # the CLI's 'off'
+    loop = hf_gns.GNSLoop(accelerator, model, batch_size_policy=policy,
                           accumulation_steps=args.accumulation_steps, max_tokens=args.max_tokens,
                           lr_scaling=args.lr_scaling)
     loop.set_prepared_model(model)

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
 
         patched = hf_gns.patch_model(model, kernel=args.kernel)
         policy = None if args.batch_size_policy == "none" else args.batch_size_policy
-        gns_callback = hf_gns.GNSCallback(batch_size=policy, max_tokens=args.max_tokens, lr_scaling=args.lr_scaling,
+        gns_callback = hf_gns.GNSCallback(batch_size_policy=policy, max_tokens=args.max_tokens, lr_scaling=args.lr_scaling,
                                           full_model_every=args.full_model_every, model_card=not args.no_report)
         if training_args.process_index == 0:
             print(f"hf_gns: patched {len(patched)} modules")

@@ -6,9 +6,11 @@
     hf_gns.attach(trainer)                             # GNS in every log, first among the callbacks
 """
 
-from .estimator import EMA, GNSEstimate, GNSTracker, NotEstimable, estimate, estimate_per_param
-from .patch import describe, patch_model, patched_module_names, set_recording, unpatch_model
-from .stats import GradientStats, ParamStats, PendingStats, gather_stats, gather_stats_async, reset_stats
+# what users call (the rest stays importable from its module, and from here for existing code)
+from .estimator import EMA, GNSEstimate, GNSTracker, NotEstimable, estimate, estimate_per_param  # noqa: F401
+from .patch import describe, patch_model, patched_module_names, set_recording, unpatch_model  # noqa: F401
+from .schedule import BatchSizePolicy, GNSPolicy, LinearSchedule, StepSchedule
+from .stats import GradientStats, ParamStats, PendingStats, gather_stats, gather_stats_async, reset_stats  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -16,23 +18,16 @@ __all__ = [
     "attach",
     "GNSCallback",
     "GNSLoop",
-    "EMA",
-    "GNSEstimate",
-    "GNSTracker",
-    "GradientStats",
-    "NotEstimable",
-    "ParamStats",
-    "describe",
-    "estimate",
-    "estimate_per_param",
-    "gather_stats",
-    "gather_stats_async",
-    "PendingStats",
     "patch_model",
-    "patched_module_names",
-    "reset_stats",
-    "set_recording",
     "unpatch_model",
+    "set_recording",
+    "describe",
+    "gather_stats",
+    "reset_stats",
+    "BatchSizePolicy",
+    "GNSPolicy",
+    "LinearSchedule",
+    "StepSchedule",
 ]
 
 

@@ -7,7 +7,7 @@ tokens of its whole group (so the last, shorter group of an epoch weighs what it
 gradients are synchronized on the last micro-batch only, and `GNSLoop.step` measures GNS
 and picks the next group's size. ``accelerator.gradient_accumulation_steps`` stays 1.
 
-    loop = hf_gns.GNSLoop(accelerator, model, batch_size="gns:max=256")
+    loop = hf_gns.GNSLoop(accelerator, model, batch_size_policy=hf_gns.GNSPolicy(max_batch=256))
     loop.wrap_scheduler(scheduler)                  # LR schedule counted in tokens
     for group in loop.groups(train_dataloader):
         num_items = loop.num_items(group)
@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from .batch_control import LR_SCALINGS, TokenClock, scale_lr_for_batch, wrap_lambda_lr
+from .batch_control import LR_SCALINGS, LRScaling, TokenClock, scale_lr_for_batch, wrap_lambda_lr
 from .distributed import sum_over_ranks
 from .estimator import GNSTracker
 from .measure import GNSMeter, read_loss_scale
 from .patch import pass_counters, patch_model, patched_modules, place_statistics
-from .schedule import accumulation_for, make_policy
+from .schedule import BatchSizePolicy, accumulation_for, make_policy
 from .validation import check_choice, check_fraction, check_number, check_positive_int, check_type
 
 logger = logging.getLogger(__name__)
@@ -47,22 +48,27 @@ class GNSLoop:
     Args:
         accelerator: the run's ``accelerate.Accelerator``.
         model: the (unwrapped or prepared) model; patched here if it is not yet.
-        batch_size: None (measure only) or a batch-size policy (`hf_gns.schedule`).
+        batch_size_policy: None (measure only) or a batch-size policy (see `GNSCallback`).
         accumulation_steps: micro-batches per optimizer step at the start.
         max_tokens: token budget; `done` turns True once it is consumed.
         lr_scaling: "none", "sqrt" or "linear" LR scaling with the batch (see `wrap_scheduler`).
         ema: decay of the EMAs of |G|^2 and tr(Sigma).
     """
 
-    def __init__(self, accelerator, model: nn.Module, batch_size: Any = None, accumulation_steps: int = 1,
-                 max_tokens: float | None = None, lr_scaling: str = "none", ema: float = 0.99,
-                 prefix: str = "gns/") -> None:
+    def __init__(self, accelerator, model: nn.Module, batch_size_policy: BatchSizePolicy | str | None = None,
+                 accumulation_steps: int = 1, max_tokens: float | None = None, lr_scaling: LRScaling = "none",
+                 ema: float = 0.99, prefix: str = "gns/", batch_size: BatchSizePolicy | str | None = None) -> None:
+        if batch_size is not None:
+            if batch_size_policy is not None:
+                raise TypeError("GNSLoop: give batch_size_policy only (batch_size is its old name)")
+            warnings.warn("GNSLoop(batch_size=...) is now batch_size_policy=...", FutureWarning, stacklevel=2)
+            batch_size_policy = batch_size
         check_positive_int("accumulation_steps", accumulation_steps)
         check_number("max_tokens", max_tokens, optional=True)
         check_choice("lr_scaling", lr_scaling, LR_SCALINGS)
         check_fraction("ema", ema)
         check_type("prefix", prefix, str, "a string")
-        self.policy = make_policy(batch_size) if batch_size not in (None, "none") else None
+        self.policy = make_policy(batch_size_policy) if batch_size_policy is not None else None
         self.accelerator = accelerator
         self.model = accelerator.unwrap_model(model) if hasattr(accelerator, "unwrap_model") else model
         if not patched_modules(self.model):

@@ -21,18 +21,21 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from .estimator import GNSTracker
-from .schedule import POLICY_STATES, Policy, accumulation_for, make_policy, policy_state
+from .schedule import POLICY_STATES, BatchSizePolicy, accumulation_for, make_policy, policy_state
 from .validation import check_choice, check_number
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "hf_gns_state.json"
-LR_SCALINGS = ("none", "sqrt", "linear")
+#: How the LR follows the batch: not at all, with its square root (Adam-family), or linearly (SGD).
+LRScaling = Literal["none", "sqrt", "linear"]
+LR_SCALINGS: tuple[str, ...] = get_args(LRScaling)
 
 
 @dataclass
@@ -114,7 +117,8 @@ class TrainerBatchControl:
         lr_scaling: "none", "sqrt" (Adam-family) or "linear": LR times (batch / start batch)^p.
     """
 
-    def __init__(self, policy: Policy | str, max_tokens: float | None = None, lr_scaling: str = "none") -> None:
+    def __init__(self, policy: BatchSizePolicy | str, max_tokens: float | None = None,
+                 lr_scaling: LRScaling = "none") -> None:
         check_choice("lr_scaling", lr_scaling, LR_SCALINGS)
         check_number("max_tokens", max_tokens, optional=True)
         self.policy = make_policy(policy)

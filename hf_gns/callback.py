@@ -12,16 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import ParallelMode
 
-from .batch_control import LR_SCALINGS, STATE_FILE, TrainerBatchControl, load_state, save_state
+from .batch_control import LR_SCALINGS, STATE_FILE, LRScaling, TrainerBatchControl, load_state, save_state
 from .distributed import sum_over_ranks
 from .estimator import GNSTracker, NotEstimable, estimate
 from .measure import GNSMeter, read_loss_scale
+from .schedule import BatchSizePolicy
 from .patch import pass_counters, patch_model, patched_modules, place_statistics
 from .stats import reset_stats
 from .validation import check_choice, check_fraction, check_int, check_number, check_type
@@ -74,13 +76,16 @@ class GNSCallback(TrainerCallback):
     Args:
         ema: decay of the EMAs of |G|^2 and tr(Sigma) (per optimizer step).
         log_layers: also log per-parameter B_simple (``gns/layer/<param>``).
-        batch_size: None (measure only), or a batch-size policy (see `hf_gns.schedule`):
+        batch_size_policy: None (measure only), or a batch-size policy: `hf_gns.GNSPolicy`,
+            `hf_gns.LinearSchedule`, `hf_gns.StepSchedule`, any `hf_gns.BatchSizePolicy`, or the
+            string form of the first three (``"gns:max_batch=256"``, see `hf_gns.schedule`):
             the global batch then follows it through the gradient accumulation count, and
             the LR schedule, the budget and ``max_steps`` are counted in tokens.
         max_tokens: token budget of a run with a batch-size policy (default: ``max_steps``
             optimizer steps at the starting batch).
         lr_scaling: with a batch-size policy, scale the LR with the batch: "none",
             "sqrt" (Adam-family) or "linear".
+        batch_size: the old name of ``batch_size_policy`` (deprecated).
         full_model_every: every N optimizer steps, also measure the whole model's GNS and the
             normalization layers' on the step's last micro-batch, exactly (one backward per
             example; slow): ``gns/full_model_*`` keys, to check the norm-layer proxy.
@@ -96,14 +101,20 @@ class GNSCallback(TrainerCallback):
         self,
         ema: float = 0.99,
         log_layers: bool = False,
-        batch_size: Any = None,
+        batch_size_policy: BatchSizePolicy | str | None = None,
         max_tokens: float | None = None,
-        lr_scaling: str = "none",
+        lr_scaling: LRScaling = "none",
         full_model_every: int | None = None,
         prefix: str = "gns/",
         history_file: str | None = "gns_history.jsonl",
         model_card: bool = True,
+        batch_size: BatchSizePolicy | str | None = None,
     ) -> None:
+        if batch_size is not None:
+            if batch_size_policy is not None:
+                raise TypeError("GNSCallback: give batch_size_policy only (batch_size is its old name)")
+            warnings.warn("GNSCallback(batch_size=...) is now batch_size_policy=...", FutureWarning, stacklevel=2)
+            batch_size_policy = batch_size
         check_fraction("ema", ema)
         check_type("log_layers", log_layers, bool, "True or False")
         check_number("max_tokens", max_tokens, optional=True)
@@ -120,7 +131,7 @@ class GNSCallback(TrainerCallback):
         self.history_file = history_file
         self.model_card = model_card
         self.card_path: str | None = None
-        self.control = None if batch_size in (None, "none") else TrainerBatchControl(batch_size, max_tokens, lr_scaling)
+        self.control = None if batch_size_policy is None else TrainerBatchControl(batch_size_policy, max_tokens, lr_scaling)
         self.full_model_every = full_model_every
         self.full_trackers = {"full_model": GNSTracker(ema), "full_model_ln": GNSTracker(ema)}
         self._full_values: dict[str, float] = {}

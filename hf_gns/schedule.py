@@ -16,8 +16,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Protocol, runtime_checkable
 
 from .validation import check_int, check_number, check_positive_int, check_type, fail
+
+
+@runtime_checkable
+class BatchSizePolicy(Protocol):
+    """What a batch-size policy is (write your own with this one method).
+
+    ``target`` returns the global batch in examples to train with from now on, or None to keep
+    the current one. It gets the tokens consumed so far, the smoothed B_simple (``nan`` until it
+    is known), the starting global batch, the token budget (None when unknown) and the number of
+    measured steps. The batch only grows: a target at or below the current batch changes nothing.
+    """
+
+    def target(self, tokens: float, b_simple: float, start_batch: int, budget: float | None,
+               measured_steps: int | None = None) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -112,13 +127,12 @@ class StepSchedule:
         return chosen
 
 
-Policy = GNSPolicy | LinearSchedule | StepSchedule
 
 #: What a policy is doing, logged as ``gns/policy_state`` (a number, so every integration plots it).
 POLICY_STATES = {"warming_up": 0.0, "waiting_for_gns": 1.0, "holding": 2.0, "growing": 3.0}
 
 
-def policy_state(policy: Policy, target: int | None, batch: int, tokens: float, b_simple: float,
+def policy_state(policy: BatchSizePolicy, target: int | None, batch: int, tokens: float, b_simple: float,
                  measured_steps: int) -> tuple[str, str]:
     """(state, why) of ``policy`` at the current step: one of `POLICY_STATES` and a sentence."""
     if isinstance(policy, GNSPolicy):
@@ -145,15 +159,19 @@ FORMS = {
 }
 
 
-def make_policy(spec: Policy | str) -> Policy:
-    """A policy from a policy object or its string form (see the module docstring)."""
-    if isinstance(spec, (GNSPolicy, LinearSchedule, StepSchedule)):
-        return spec
+def make_policy(spec: BatchSizePolicy | str, name: str = "batch_size_policy") -> BatchSizePolicy:
+    """A policy from a policy object (returned as is) or its string form (see the module docstring):
+    the one place where policy strings are parsed. ``name`` is the argument named in errors."""
+    if isinstance(spec, str) and spec.strip().lower() == "none":
+        raise ValueError(f"{name}={spec!r}: pass None to measure without a batch-size policy")
     if not isinstance(spec, str):
-        raise TypeError(f"batch_size must be a policy or a string, got {type(spec).__name__}")
+        if isinstance(spec, BatchSizePolicy) and callable(spec.target):
+            return spec
+        raise TypeError(f"{name} must be a batch-size policy (an object with a target(...) method, such as "
+                        f"hf_gns.GNSPolicy(max_batch=256)) or its string form, got {type(spec).__name__}")
     kind, _, rest = spec.partition(":")
     if kind not in FORMS:
-        raise ValueError(f"batch_size: unknown batch-size policy {kind!r} in {spec!r}; the policies are "
+        raise ValueError(f"{name}: unknown batch-size policy {kind!r} in {spec!r}; the policies are "
                          + "; ".join(f"{name!r} ({form})" for name, form in FORMS.items()))
     try:
         if kind == "gns":
@@ -162,7 +180,7 @@ def make_policy(spec: Policy | str) -> Policy:
             return _parse_linear(rest)
         return _parse_steps(rest)
     except ValueError as error:
-        raise ValueError(f"batch_size {spec!r}: {error}") from None
+        raise ValueError(f"{name} {spec!r}: {error}") from None
 
 
 def _parse_gns(rest: str) -> GNSPolicy:

@@ -67,7 +67,7 @@ def run(directory: str, name: str, rank: int) -> None:
         max_steps=cfg["max_steps"], num_train_epochs=cfg.get("epochs", 1), logging_steps=1, report_to="none",
         save_strategy="no", seed=0, data_seed=0, max_grad_norm=1.0, disable_tqdm=True, dataloader_num_workers=0,
     )
-    gns = hf_gns.GNSCallback(ema=0.9, batch_size=cfg["policy"], max_tokens=cfg.get("max_tokens"))
+    gns = hf_gns.GNSCallback(ema=0.9, batch_size_policy=cfg["policy"], max_tokens=cfg.get("max_tokens"))
     rec = Recorder()
     trainer = Trainer(model=model, args=args, train_dataset=SeqDataset(seqs), data_collator=collate,
                       callbacks=[gns, rec])

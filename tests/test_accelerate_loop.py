@@ -44,7 +44,7 @@ def run_loop(model, dataset, policy, lr=0.05, max_tokens=None, scheduler_steps=N
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, scheduler_steps) if scheduler_steps else None
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    loop = hf_gns.GNSLoop(accelerator, model, batch_size=policy, max_tokens=max_tokens)
+    loop = hf_gns.GNSLoop(accelerator, model, batch_size_policy=policy, max_tokens=max_tokens)
     loop.set_prepared_model(model)
     if scheduler is not None:
         loop.wrap_scheduler(scheduler, total_steps=scheduler_steps)

@@ -1,5 +1,5 @@
 """Batch-size policies (`hf_gns.schedule`) and their application inside an unmodified HF Trainer
-(`hf_gns.batch_control` through `GNSCallback(batch_size=...)`).
+(`hf_gns.batch_control` through `GNSCallback(batch_size_policy=...)`).
 
 The Trainer tests use a tiny Llama, examples in dataset order (a SequentialSampler) and
 thresholds computed from the dataset itself, so that which optimizer step sees which
@@ -277,7 +277,7 @@ def test_changes_on_group_boundaries_match_hand_written_loop(tmp_path, case):
     lr = 0.05
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     sched = LambdaLR(opt, lambda s: 1.0)
-    gns = hf_gns.GNSCallback(batch_size=policy, max_tokens=100 * cum[-1])
+    gns = hf_gns.GNSCallback(batch_size_policy=policy, max_tokens=100 * cum[-1])
     rec = Recorder()
     args = make_args(tmp_path, max_steps=-1, num_train_epochs=2, gradient_accumulation_steps=c["ga0"])
     trainer = run_trainer(args, model, dataset, [gns, rec], optimizers=(opt, sched))
@@ -362,7 +362,7 @@ def test_lr_is_the_same_curve_in_tokens_for_fixed_and_growing_batch(tmp_path):
     init = tiny_llama()
     runs = {}
     for name, policy in (("fixed", "steps:0:2"), ("growing", growing_policy(dataset, at=(2, 5)))):
-        gns = hf_gns.GNSCallback(batch_size=policy)
+        gns = hf_gns.GNSCallback(batch_size_policy=policy)
         rec = Recorder()
         trainer = run_trainer(make_args(tmp_path / name, max_steps=N, learning_rate=lr), clone(init), dataset,
                               [gns, rec])
@@ -396,7 +396,7 @@ def test_lr_is_the_same_curve_in_tokens_for_fixed_and_growing_batch(tmp_path):
 
 def sqrt_scaled_run(tmp_path):
     dataset = SeqDataset(96)
-    gns = hf_gns.GNSCallback(batch_size=growing_policy(dataset, at=(2, 5), batches=(4, 8)), lr_scaling="sqrt")
+    gns = hf_gns.GNSCallback(batch_size_policy=growing_policy(dataset, at=(2, 5), batches=(4, 8)), lr_scaling="sqrt")
     rec = Recorder()
     trainer = run_trainer(make_args(tmp_path, max_steps=10, learning_rate=1e-3, lr_scheduler_type="constant"),
                           tiny_llama(), dataset, [gns, rec])
@@ -432,7 +432,7 @@ PER_MICRO = MICRO * SEQ
 def test_budget_stops_at_first_step_reaching_max_tokens(tmp_path, max_steps):
     dataset = SeqDataset(96, SEQ, SEQ)
     M = PER_MICRO * 7 + 5                   # reached by step 8 (192), not by step 7 (168)
-    gns = hf_gns.GNSCallback(batch_size="steps:0:2", max_tokens=M)
+    gns = hf_gns.GNSCallback(batch_size_policy="steps:0:2", max_tokens=M)
     rec = Recorder()
     trainer = run_trainer(make_args(tmp_path, max_steps=max_steps), tiny_llama(), dataset, [gns, rec])
     logs = step_logs(trainer)
@@ -449,7 +449,7 @@ def test_max_steps_tracks_remaining_budget_with_growing_batch(tmp_path):
     # batch 4 from 3 micro-batches on, 8 from 9 on; budget: 40 micro-batches and a bit
     policy = f"steps:0:2,{3 * PER_MICRO}:4,{9 * PER_MICRO}:8"
     M = PER_MICRO * 40 + 7
-    gns = hf_gns.GNSCallback(batch_size=policy, max_tokens=M)
+    gns = hf_gns.GNSCallback(batch_size_policy=policy, max_tokens=M)
     rec = Recorder()
     trainer = run_trainer(make_args(tmp_path, max_steps=5), tiny_llama(), dataset, [gns, rec])
     logs = step_logs(trainer)
@@ -467,7 +467,7 @@ def test_max_steps_tracks_remaining_budget_with_growing_batch(tmp_path):
 def test_lr_schedule_spans_the_max_tokens_budget(tmp_path):
     dataset = SeqDataset(96, SEQ, SEQ)
     M, lr = PER_MICRO * 7 + 5, 1e-3
-    gns = hf_gns.GNSCallback(batch_size="steps:0:2", max_tokens=M)
+    gns = hf_gns.GNSCallback(batch_size_policy="steps:0:2", max_tokens=M)
     trainer = run_trainer(make_args(tmp_path, max_steps=3, learning_rate=lr), tiny_llama(), dataset, [gns])
     logs = step_logs(trainer)
     assert len(logs) == 8
@@ -479,7 +479,7 @@ def test_lr_schedule_spans_the_max_tokens_budget(tmp_path):
 def test_budget_beyond_planned_epochs_is_reached_or_reported(tmp_path, caplog):
     dataset = SeqDataset(16, SEQ, SEQ)             # 8 micro-batches per epoch
     M = PER_MICRO * 12                             # needs 12 steps; max_steps=4 plans one epoch
-    gns = hf_gns.GNSCallback(batch_size="steps:0:2", max_tokens=M)
+    gns = hf_gns.GNSCallback(batch_size_policy="steps:0:2", max_tokens=M)
     with caplog.at_level(logging.WARNING, logger="hf_gns"):
         trainer = run_trainer(make_args(tmp_path, max_steps=4), tiny_llama(), dataset, [gns])
     tokens = step_logs(trainer)[-1]["gns/tokens"]
@@ -511,11 +511,11 @@ def run_interrupted(tmp_path, dataset, init, stop_at, save_steps, **over):
     out = tmp_path / "b"
     first = Recorder(stop_at=stop_at)
     run_trainer(resume_args(out, save_strategy="steps", save_steps=save_steps, **over), clone(init), dataset,
-                [hf_gns.GNSCallback(batch_size=resume_policy(dataset)), first])
+                [hf_gns.GNSCallback(batch_size_policy=resume_policy(dataset)), first])
     assert first.steps[-1]["step"] == stop_at
     checkpoint = out / f"checkpoint-{stop_at}"
     assert (checkpoint / "hf_gns_state.json").is_file()
-    gns = hf_gns.GNSCallback(batch_size=resume_policy(dataset))
+    gns = hf_gns.GNSCallback(batch_size_policy=resume_policy(dataset))
     rec = Recorder()
     trainer = run_trainer(resume_args(out, save_strategy="steps", save_steps=save_steps, **over), clone(init),
                           dataset, [gns, rec], resume=str(checkpoint))
@@ -530,7 +530,7 @@ def run_interrupted(tmp_path, dataset, init, stop_at, save_steps, **over):
 def test_resume_before_a_change_continues_the_uninterrupted_run(tmp_path, S, schedule):
     dataset = SeqDataset(96)
     init = tiny_llama()
-    gns_a = hf_gns.GNSCallback(batch_size=resume_policy(dataset))
+    gns_a = hf_gns.GNSCallback(batch_size_policy=resume_policy(dataset))
     rec_a = Recorder()
     a = run_trainer(resume_args(tmp_path / "a", lr_scheduler_type=schedule), clone(init), dataset, [gns_a, rec_a])
     # the first change comes after S
@@ -583,8 +583,8 @@ def test_gns_policy_decisions_follow_logged_ema(tmp_path):
     # (B_simple starts near 1-20 examples and falls as the model learns the unigram distribution)
     dataset = SeqDataset(160, vocab=8)
     k, low, high, warmup, min_steps = 4.0, 2, 16, 100.0, 3
-    gns = hf_gns.GNSCallback(ema=0.8, batch_size=f"gns:k={k},min={low},max={high},warmup={warmup:g},"
-                                                  f"min_steps={min_steps}")
+    gns = hf_gns.GNSCallback(ema=0.8, batch_size_policy=f"gns:k={k},min={low},max={high},warmup={warmup:g},"
+                                                        f"min_steps={min_steps}")
     rec = Recorder()
     trainer = run_trainer(make_args(tmp_path, max_steps=40), tiny_llama(), dataset, [gns, rec])
     logs = step_logs(trainer)
@@ -720,7 +720,7 @@ def test_budget_not_cut_short_when_later_batches_are_shorter_than_the_first(tmp_
     end at the first step that reaches the token budget, not at the estimate."""
     dataset = SeqDataset(60, 8, 8)
     dataset.seqs[0], dataset.seqs[1] = torch.randint(0, VOCAB, (16,)), torch.randint(0, VOCAB, (16,))
-    gns = hf_gns.GNSCallback(batch_size="steps:0:2")
+    gns = hf_gns.GNSCallback(batch_size_policy="steps:0:2")
     trainer = run_trainer(make_args(tmp_path, max_steps=5), tiny_llama(), dataset, [gns])
     tokens = [e["gns/tokens"] for e in step_logs(trainer)]
     budget = 5 * 2 * 16                                   # max_steps x the first step's positions

@@ -470,7 +470,7 @@ def test_policy_state_is_logged_and_a_policy_that_cannot_act_says_so(tmp_path, c
     from hf_gns.schedule import POLICY_STATES
 
     with caplog.at_level("WARNING", logger="hf_gns"):
-        idle = train(tmp_path / "idle", TokenDataset(40), callbacks=[hf_gns.GNSCallback(batch_size="gns:max=64")],
+        idle = train(tmp_path / "idle", TokenDataset(40), callbacks=[hf_gns.GNSCallback(batch_size_policy="gns:max=64")],
                      steps=6, batch=2)
     assert "waits for min_steps=50 measured steps, but the run has 6" in caplog.text
     states = [e["gns/policy_state"] for e in step_logs(idle)[1:]]  # (a step logs the state at the end of the one before)
@@ -479,9 +479,28 @@ def test_policy_state_is_logged_and_a_policy_that_cannot_act_says_so(tmp_path, c
 
     caplog.clear()
     with caplog.at_level("WARNING", logger="hf_gns"):
-        grow = train(tmp_path / "grow", TokenDataset(80), callbacks=[hf_gns.GNSCallback(batch_size="linear:2:8:200")],
+        grow = train(tmp_path / "grow", TokenDataset(80), callbacks=[hf_gns.GNSCallback(batch_size_policy="linear:2:8:200")],
                      steps=6, batch=2)
     logs = step_logs(grow)[1:]
     assert any(e["gns/policy_state"] == POLICY_STATES["growing"] for e in logs)
     assert all(e["gns/policy_target"] >= 2 for e in logs)
     assert "batch-size policy growing" in caplog.text
+
+
+def test_a_users_own_policy_drives_the_trainer_batch(tmp_path):
+    """Any object with target(...) is a policy: this one asks for twice the starting batch after 2 steps."""
+
+    class DoubleAfterTwoSteps:
+        def __init__(self):
+            self.calls = []
+
+        def target(self, tokens, b_simple, start_batch, budget, measured_steps=None):
+            self.calls.append(tokens)
+            return 2 * start_batch if len(self.calls) >= 2 else None
+
+    policy = DoubleAfterTwoSteps()
+    trainer = train(tmp_path, TokenDataset(64), callbacks=[hf_gns.GNSCallback(batch_size_policy=policy)],
+                    steps=6, batch=2)
+    sizes = [e["gns/batch_size"] for e in step_logs(trainer)]
+    assert sizes[0] == 2.0 and sizes[-1] == 4.0 and sorted(sizes) == sizes, sizes
+    assert policy.calls == sorted(policy.calls) and len(policy.calls) >= 2

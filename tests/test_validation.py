@@ -40,16 +40,16 @@ def test_bad_policy_string_is_refused_by_make_policy(spec, name, value, accepted
     with pytest.raises(ValueError, match=pattern(name, value)) as info:
         make_policy(spec)
     message = str(info.value)
-    assert f"batch_size {spec!r}" in message
+    assert f"batch_size_policy {spec!r}" in message
     assert accepted in message
 
 
 @pytest.mark.parametrize("spec, name, value, accepted", BAD_SPECS, ids=[case[0] for case in BAD_SPECS])
 def test_bad_policy_string_is_refused_by_both_constructors(spec, name, value, accepted):
     with pytest.raises(ValueError, match=pattern(name, value)):
-        hf_gns.GNSCallback(batch_size=spec)
+        hf_gns.GNSCallback(batch_size_policy=spec)
     with pytest.raises(ValueError, match=pattern(name, value)):
-        hf_gns.GNSLoop(None, None, batch_size=spec)  # refused before the accelerator or model is touched
+        hf_gns.GNSLoop(None, None, batch_size_policy=spec)  # refused before the accelerator or model is touched
 
 
 # (keyword arguments, argument name, offending value as shown, what is accepted)
@@ -159,13 +159,13 @@ def test_valid_forms_still_parse(spec, expected):
 
 
 def test_valid_constructor_arguments_are_kept():
-    gns = hf_gns.GNSCallback(ema=0.5, batch_size="linear:2:8", max_tokens=1e6, lr_scaling="sqrt",
+    gns = hf_gns.GNSCallback(ema=0.5, batch_size_policy="linear:2:8", max_tokens=1e6, lr_scaling="sqrt",
                              full_model_every=1, prefix="x/", history_file=None, model_card=False)
     assert (gns.ema, gns.full_model_every, gns.prefix, gns.history_file) == (0.5, 1, "x/", None)
     assert gns.control.policy == LinearSchedule(2, 8) and gns.control.lr_scaling == "sqrt"
-    assert hf_gns.GNSCallback(full_model_every=None, batch_size="none").control is None
+    assert hf_gns.GNSCallback(full_model_every=None, batch_size_policy=None).control is None
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
-    loop = hf_gns.GNSLoop(SimpleNamespace(), model, batch_size="gns:min_batch=4", accumulation_steps=2,
+    loop = hf_gns.GNSLoop(SimpleNamespace(), model, batch_size_policy="gns:min_batch=4", accumulation_steps=2,
                           max_tokens=100, lr_scaling="linear", ema=0.9)
     assert loop.policy == GNSPolicy(min_batch=4) and loop.accumulation == 2
     hf_gns.unpatch_model(model)
@@ -185,3 +185,33 @@ def test_check_helpers():
         check_number("x", -0.5, strict=False)
     with pytest.raises(ValueError, match=re.escape("f must be a number in the open interval (0, 1), got '0.5'")):
         check_fraction("f", "0.5")
+
+
+def test_one_off_value_and_the_old_argument_name():
+    """None is the one "off"; the string 'none' says so; batch_size= still works, with a FutureWarning."""
+    with pytest.raises(ValueError, match="batch_size_policy='none': pass None"):
+        hf_gns.GNSCallback(batch_size_policy="none")
+    with pytest.warns(FutureWarning, match="now batch_size_policy"):
+        gns = hf_gns.GNSCallback(batch_size="linear:2:8")
+    assert gns.control.policy == LinearSchedule(2, 8)
+    with pytest.raises(TypeError, match="batch_size_policy only"):
+        hf_gns.GNSCallback(batch_size="gns", batch_size_policy="gns")
+    with pytest.raises(TypeError, match=r"batch_size_policy must be a batch-size policy \(an object with a "
+                                        r"target\(...\) method.*got int"):
+        hf_gns.GNSCallback(batch_size_policy=64)
+
+
+def test_public_names():
+    """__all__ lists what users call; the policies are exported and the protocol accepts a user's own."""
+    assert set(hf_gns.__all__) == {"attach", "GNSCallback", "GNSLoop", "patch_model", "unpatch_model",
+                                   "set_recording", "describe", "gather_stats", "reset_stats", "BatchSizePolicy",
+                                   "GNSPolicy", "LinearSchedule", "StepSchedule"}
+    for name in hf_gns.__all__:
+        assert getattr(hf_gns, name) is not None
+
+    class Doubling:
+        def target(self, tokens, b_simple, start_batch, budget, measured_steps=None):
+            return 2 * start_batch
+
+    assert isinstance(Doubling(), hf_gns.BatchSizePolicy)
+    assert make_policy(Doubling()).target(0, float("nan"), 8, None) == 16

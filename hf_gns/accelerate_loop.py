@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from .batch_control import LR_SCALINGS, LRScaling, TokenClock, scale_lr_for_batch, wrap_lambda_lr
+from .token_clock import LR_SCALINGS, LRScaling, TokenClock, scale_lr_for_batch, wrap_lambda_lr
 from .distributed import sum_over_ranks
 from .estimator import GNSTracker
 from .measure import GNSMeter, read_loss_scale

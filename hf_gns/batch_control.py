@@ -20,92 +20,19 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
-from typing import Literal, get_args
+from dataclasses import asdict
 
-import torch
 from torch.optim.lr_scheduler import LambdaLR
+from transformers.trainer_callback import ProgressCallback
 
 from .estimator import GNSTracker
 from .schedule import POLICY_STATES, BatchSizePolicy, accumulation_for, make_policy, policy_state
+from .token_clock import LR_SCALINGS, LRScaling, TokenClock, scale_lr_for_batch, wrap_lambda_lr
 from .validation import check_choice, check_number
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "hf_gns_state.json"
-#: How the LR follows the batch: not at all, with its square root (Adam-family), or linearly (SGD).
-LRScaling = Literal["none", "sqrt", "linear"]
-LR_SCALINGS: tuple[str, ...] = get_args(LRScaling)
-
-
-@dataclass
-class TokenClock:
-    """Tokens consumed so far (global) and how they map onto the LR schedule's step axis.
-
-    The schedule was built for ``horizon`` optimizer steps; a run with a token ``budget``
-    reads it at ``tokens / budget * horizon``, so warm-up and decay span the budget whatever
-    the batch does. Without a budget (or horizon), a step is what the first step consumed.
-    """
-
-    tokens: float = 0.0
-    tokens_per_step0: float | None = None
-    lr_factor: float = 1.0
-    budget: float | None = None
-    horizon: float | None = None
-
-    def step_equivalent(self, fallback_step: int) -> float:
-        if self.budget and self.horizon:
-            return self.tokens / self.budget * self.horizon
-        if not self.tokens_per_step0:
-            return fallback_step
-        return self.tokens / self.tokens_per_step0
-
-
-def _token_lambda(fn, clock: TokenClock):
-    # a plain function, so LambdaLR.state_dict does not try to save the clock
-    def lr_lambda(step: int) -> float:
-        return fn(clock.step_equivalent(step)) * clock.lr_factor
-
-    lr_lambda.hf_gns_inner = fn
-    lr_lambda.hf_gns_clock = clock
-    return lr_lambda
-
-
-def wrap_lambda_lr(scheduler, clock: TokenClock):
-    """Make a LambdaLR (or accelerate's wrapper of one) read ``clock``; returns the LambdaLR, or None.
-
-    The marks live on the wrapper functions, never in the scheduler's ``__dict__`` (which
-    ``LambdaLR.state_dict`` saves into every checkpoint). Wrapping again re-points to ``clock``.
-    """
-    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's AcceleratedScheduler
-    if not isinstance(inner, LambdaLR):
-        return None
-    inner.__dict__.pop("_hf_gns_wrapped", None)  # a mark older checkpoints of hf_gns runs may carry
-    inner.lr_lambdas = [_token_lambda(getattr(fn, "hf_gns_inner", fn), clock) for fn in inner.lr_lambdas]
-    return inner
-
-
-def scale_lr_for_batch(clock: TokenClock, scaling: str, batch_ratio: float, scheduler: LambdaLR | None) -> None:
-    """Set the LR factor for a batch ``batch_ratio`` times the starting one ("none", "sqrt" or
-    "linear") and apply it to the step the scheduler has already prepared."""
-    if scaling == "none":
-        return
-    clock.lr_factor = batch_ratio ** (0.5 if scaling == "sqrt" else 1.0)
-    refresh_lr(scheduler)
-
-
-def refresh_lr(scheduler: LambdaLR | None) -> None:
-    """Re-evaluate a wrapped LambdaLR at its current position (after the clock's factor changed)."""
-    if scheduler is None:
-        return
-    step = scheduler.last_epoch
-    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
-    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 class TrainerBatchControl:
@@ -149,7 +76,7 @@ class TrainerBatchControl:
                        train_dataloader=None) -> None:
         """Start (or, with ``saved`` from a checkpoint, resume) controlling this run."""
         self.micro_batch = args.per_device_train_batch_size * max(1, args.world_size)
-        self._progress = next((c for c in callbacks if hasattr(c, "training_bar")), None)
+        self._progress = next((c for c in callbacks if isinstance(c, ProgressCallback)), None)
         try:
             self._micro_per_epoch = len(train_dataloader) if train_dataloader is not None else None
         except TypeError:  # an iterable dataset

@@ -19,11 +19,12 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import ParallelMode
 
-from .batch_control import LR_SCALINGS, STATE_FILE, LRScaling, TrainerBatchControl, load_state, save_state
+from .batch_control import STATE_FILE, TrainerBatchControl, load_state, save_state
 from .distributed import sum_over_ranks
 from .estimator import GNSTracker, NotEstimable, estimate
 from .measure import GNSMeter, read_loss_scale
 from .schedule import BatchSizePolicy
+from .token_clock import LR_SCALINGS, LRScaling
 from .patch import pass_counters, patch_model, patched_modules, place_statistics
 from .stats import reset_stats
 from .validation import check_choice, check_fraction, check_int, check_number, check_type

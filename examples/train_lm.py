@@ -25,6 +25,7 @@ from transformers import (
     LlamaConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProgressCallback,
     Trainer,
     TrainingArguments,
     default_data_collator,
@@ -62,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch_compile", action="store_true", help="compile the model (GNS is recorded the same)")
     p.add_argument("--report_to", default="none", help="comma-separated, e.g. 'wandb,tensorboard'")
     p.add_argument("--logging_steps", type=int, default=1)
+    p.add_argument("--print_every", type=int, default=50,
+                   help="print a short progress line every N logs (every log still reaches report_to and log_history)")
     p.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps (always once at the end)")
     p.add_argument("--save_steps", type=int, default=None, help="save a checkpoint every N steps (default: never)")
     p.add_argument("--no_eval_accuracy", action="store_true", help="evaluate loss / perplexity only, no token accuracy")
@@ -144,6 +147,29 @@ def token_accuracy_metrics():
     return compute_metrics, preprocess_logits_for_metrics
 
 
+class ShortProgress(ProgressCallback):
+    """The Trainer's progress bar, printing one short line every ``every`` training logs (and every
+    evaluation) instead of each log's whole dict."""
+
+    KEYS = ("loss", "learning_rate", "gns/b_simple", "gns/b_simple_tokens", "gns/batch_size")
+
+    def __init__(self, every: int = 50) -> None:
+        super().__init__()
+        self.every = max(1, every)
+        self.logs_seen = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        if "loss" in logs:
+            self.logs_seen += 1
+            if self.logs_seen % self.every and state.global_step != state.max_steps:
+                return
+        shown = {k: v for k, v in logs.items() if (k in self.KEYS or k.startswith("eval_")) and isinstance(v, (int, float))}
+        if shown:
+            self.training_bar.write(f"step {state.global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     t0 = time.time()
@@ -221,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     if gns_callback is not None:
         hf_gns.attach(trainer, gns_callback)  # first among the callbacks: report_to sees gns/*
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(ShortProgress(args.print_every))
     if trainer.is_world_process_zero():
         print(
             f"model: {model.config.model_type}, {n_params / 1e6:.2f}M params | "

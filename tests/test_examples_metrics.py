@@ -36,3 +36,18 @@ def test_preprocess_keeps_only_predicted_ids():
     _, preprocess = train_lm.token_accuracy_metrics()
     logits = torch.randn(2, 5, 11)
     assert torch.equal(preprocess(logits, None), logits.argmax(-1))
+
+
+def test_short_progress_prints_a_short_line_every_n_logs():
+    """The main job's bar: one short line every N training logs (and at the last step), not every dict."""
+    from types import SimpleNamespace
+
+    written = []
+    progress = train_lm.ShortProgress(every=3)
+    progress.training_bar = SimpleNamespace(write=written.append)
+    for step in range(1, 8):
+        state = SimpleNamespace(is_world_process_zero=True, global_step=step, max_steps=7)
+        progress.on_log(None, state, None, logs={"loss": 1.0 / step, "learning_rate": 1e-3, "gns/b_simple": 2.5,
+                                                 "gns/step_g2": -1.0, "grad_norm": 0.5, "epoch": 0.1})
+    assert [line.split(":")[0] for line in written] == ["step 3", "step 6", "step 7"]
+    assert written[0] == "step 3: loss 0.3333, learning_rate 0.001, gns/b_simple 2.5"

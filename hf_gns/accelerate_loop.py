@@ -33,8 +33,7 @@ from torch import nn
 
 from .token_clock import LR_SCALINGS, LRScaling, TokenClock, scale_lr_for_batch, wrap_lambda_lr
 from .distributed import sum_over_ranks
-from .estimator import GNSTracker
-from .measure import GNSMeter, read_loss_scale
+from .measure import GNSMeter, MeterViews, read_loss_scale
 from .patch import pass_counters, patch_model, patched_modules, place_statistics
 from .schedule import BatchSizePolicy, accumulation_for, make_policy
 from .validation import check_choice, check_fraction, check_number, check_positive_int, check_type
@@ -42,7 +41,7 @@ from .validation import check_choice, check_fraction, check_number, check_positi
 logger = logging.getLogger(__name__)
 
 
-class GNSLoop:
+class GNSLoop(MeterViews):
     """Measure GNS every optimizer step of a custom loop and size the next accumulation group.
 
     Args:
@@ -171,16 +170,6 @@ class GNSLoop:
         """Read every measurement still in flight (end of training)."""
         self.meter.resolve(self.steps)
         return self.history[-1] if self.history else {}
-
-    @property
-    def tracker(self) -> GNSTracker:
-        """The EMAs of |G|^2 and tr(Sigma) (``tracker.b_simple``)."""
-        return self.meter.tracker
-
-    @property
-    def history(self) -> list[dict[str, float]]:
-        """Every measured step's record (``step`` and the ``gns/*`` values)."""
-        return self.meter.history
 
     @property
     def done(self) -> bool:

@@ -22,7 +22,7 @@ from transformers.training_args import ParallelMode
 from .batch_control import STATE_FILE, TrainerBatchControl, load_state, save_state
 from .distributed import sum_over_ranks
 from .estimator import GNSTracker, NotEstimable, estimate
-from .measure import GNSMeter, read_loss_scale
+from .measure import GNSMeter, MeterViews, read_loss_scale
 from .schedule import BatchSizePolicy
 from .token_clock import LR_SCALINGS, LRScaling
 from .patch import pass_counters, patch_model, patched_modules, place_statistics
@@ -71,7 +71,7 @@ def _integrations(args: TrainingArguments) -> list[str]:
     return [r for r in report_to if r not in (None, "none")]
 
 
-class GNSCallback(TrainerCallback):
+class GNSCallback(MeterViews, TrainerCallback):
     """Measure and log the gradient noise scale; optionally let it drive the batch size.
 
     Args:
@@ -231,16 +231,6 @@ class GNSCallback(TrainerCallback):
         record = self.meter.resolve(upto)
         if record is not None:
             self._to_log = record
-
-    @property
-    def tracker(self) -> GNSTracker:
-        """The EMAs of |G|^2 and tr(Sigma) (``tracker.b_simple``)."""
-        return self.meter.tracker
-
-    @property
-    def history(self) -> list[dict[str, float]]:
-        """Every measured step's record (``step`` and the logged ``gns/*`` values)."""
-        return self.meter.history
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self._resolve(upto=state.global_step)

@@ -115,3 +115,19 @@ class GNSMeter:
             self.layer_trackers.setdefault(name, GNSTracker(self.ema)).load_state_dict(tracker_state)
         self.history = list(data.get("history", []))
         self.tokens_seen = float(data.get("tokens_seen", 0.0))
+
+
+class MeterViews:
+    """What `GNSCallback` and `GNSLoop` expose of their ``self.meter``."""
+
+    meter: GNSMeter
+
+    @property
+    def tracker(self) -> GNSTracker:
+        """The EMAs of |G|^2 and tr(Sigma) (``tracker.b_simple``)."""
+        return self.meter.tracker
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Every measured step's record (``step`` and the logged ``gns/*`` values)."""
+        return self.meter.history

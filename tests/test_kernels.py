@@ -93,6 +93,14 @@ def _brute_force(formula, m, x, dy, segments=None):
     return out if b is not None else (out, None)
 
 
+def _offsets(lengths: list[int]) -> list[int]:
+    """Start offsets of packed sequences of ``lengths``, plus the end."""
+    segments = [0]
+    for n in lengths:
+        segments.append(segments[-1] + n)
+    return segments
+
+
 def _spec(x: torch.Tensor, segments=None) -> ExampleSpec:
     if segments is None:
         return ExampleSpec(0, x.shape[0])
@@ -174,9 +182,7 @@ def test_forward_backward_and_per_example(formula, dtype, shape):
                          ids=lambda f: f.name)
 def test_packed_segments(formula):
     lengths = [3, 1, 6, 2] if not ON_GPU else [1000, 1, 3000, 96, 4096]
-    segments = [0]
-    for n in lengths:
-        segments.append(segments[-1] + n)
+    segments = _offsets(lengths)
     D = 72 if not ON_GPU else 2048
     m, plan = _make_module(formula, D, torch.float32)
     x = torch.randn(1, segments[-1], D, device=DEVICE)
@@ -336,9 +342,7 @@ def test_folded_tap_gradient_packed_and_bias_only():
     """A packed batch folded per sequence, with only the bias trainable (the tap holds the bias alone)."""
     formula = next(f for f in KNOWN_FORMULAS if f.name == "layer_norm")
     lengths = [3, 1, 6, 2] if not ON_GPU else [1000, 1, 3000, 96, 4096]
-    segments = [0]
-    for n in lengths:
-        segments.append(segments[-1] + n)
+    segments = _offsets(lengths)
     D = 150 if not ON_GPU else 2048
     m, plan = _make_module(formula, D, torch.float32)
     m.weight.requires_grad_(False)

@@ -49,7 +49,9 @@ from transformers import (
 import hf_gns
 
 VARIANTS = ("eager", "eager_gns", "compiled", "compiled_gns")
-BASELINE = {"eager_gns": "eager", "compiled_gns": "compiled"}
+# patched without GNSCallback: the kernels' share of the cost, apart from the per-step measurement
+EXTRA_VARIANTS = ("eager_patched", "compiled_patched")
+BASELINE = {"eager_gns": "eager", "compiled_gns": "compiled", "eager_patched": "eager", "compiled_patched": "compiled"}
 FULL = {"seq": 1024, "grad_accum": 4, "steps": 20, "measure_from": 6}
 TINY = {"seq": 32, "grad_accum": 2, "steps": 3, "measure_from": 2}
 RESULT_MARK = "BENCH_TRAINER_RESULT "
@@ -82,6 +84,66 @@ class RandomTokens(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+class StepProfiler(TrainerCallback):
+    """torch.profiler over optimizer steps ``first..first+count-1``: device kernel time against
+    wall time, the top operators by device and by host time, and the host time spent in the
+    other callbacks' event methods (wrapped by `time_callbacks`)."""
+
+    def __init__(self, first: int, count: int = 2):
+        self.first, self.last = first, first + count - 1
+        self.profiler = None
+        self.wall = 0.0
+        self.callback_host: dict[str, float] = {}
+        self.report: dict[str, Any] = {}
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.first:
+            from torch.profiler import ProfilerActivity, profile
+            StepTimer._now()
+            self.callback_host.clear()
+            cuda = [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+            self.profiler = profile(activities=[ProfilerActivity.CPU, *cuda])
+            self.profiler.__enter__()
+            self.wall = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.profiler is None or state.global_step != self.last:
+            return
+        wall = StepTimer._now() - self.wall
+        self.profiler.__exit__(None, None, None)
+        averages = self.profiler.key_averages()
+        steps = self.last - self.first + 1
+        device_us = sum(e.self_device_time_total for e in averages)
+        self.report = {
+            "wall_ms_per_step": 1e3 * wall / steps,
+            "kernel_ms_per_step": device_us / 1e3 / steps,
+            "kernels_per_step": sum(e.count for e in averages if e.self_device_time_total > 0
+                                    and e.device_type == torch.autograd.DeviceType.CUDA) / steps,
+            "callback_host_ms_per_step": {k: 1e3 * v / steps for k, v in self.callback_host.items()},
+            "top_device": averages.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70),
+            "top_host": averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70),
+        }
+        self.profiler = None
+
+
+def time_callbacks(callbacks: list[TrainerCallback], into: dict[str, float]) -> None:
+    """Add the host seconds each callback spends in its event methods to ``into`` (while profiling)."""
+    for callback in callbacks:
+        for event in ("on_step_begin", "on_substep_end", "on_pre_optimizer_step", "on_optimizer_step",
+                      "on_step_end", "on_log"):
+            method = getattr(callback, event, None)
+            if method is None:
+                continue
+
+            def timed(*a, _method=method, _key=f"{type(callback).__name__}.{event}", **kw):
+                start = time.perf_counter()
+                try:
+                    return _method(*a, **kw)
+                finally:
+                    into[_key] = into.get(_key, 0.0) + time.perf_counter() - start
+            setattr(callback, event, timed)
 
 
 class StepTimer(TrainerCallback):
@@ -143,15 +205,21 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     set_seed(SEED)
     cuda = torch.cuda.is_available()
     gns = spec["variant"].endswith("_gns")
+    patched = gns or spec["variant"].endswith("_patched")
     result: dict[str, Any] = {**spec, "error": None}
     try:
         model = build_model(spec["model"], spec["tiny"])
         result["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
-        result["patched_modules"] = len(hf_gns.patch_model(model)) if gns else 0
+        result["patched_modules"] = len(hf_gns.patch_model(model)) if patched else 0
         n = spec["micro_batch"] * spec["grad_accum"] * spec["steps"]
         data = RandomTokens(n, spec["seq"], model.config.vocab_size)
         timer = StepTimer()
         callbacks = [hf_gns.GNSCallback(), timer] if gns else [timer]
+        profiler = None
+        if spec.get("profile"):
+            profiler = StepProfiler(spec["steps"] - 1)  # the last two steps, left out of the timing
+            time_callbacks(callbacks, profiler.callback_host)
+            callbacks.append(profiler)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         with tempfile.TemporaryDirectory() as tmp:
@@ -163,11 +231,14 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
                 result["steps_done"] = len(timer.stamps)
                 if timer.stamps:
                     result["first_step_s"] = timer.stamps[0] - timer.start
-                result["step_s"] = step_seconds(timer.stamps, spec["measure_from"])
+                stamps = timer.stamps[:-2] if profiler is not None else timer.stamps
+                result["step_s"] = step_seconds(stamps, spec["measure_from"])
                 if result["step_s"]:
                     result["s_per_step"] = statistics.median(result["step_s"])
                 if cuda:
                     result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                if profiler is not None:
+                    result["profile"] = profiler.report
     except Exception as error:  # a crash is a result: record it and let the next run go on
         message = str(error).strip()
         result["error"] = f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"
@@ -251,6 +322,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key in FULL:
         ap.add_argument(f"--{key}", type=int, default=None, help=f"default {FULL[key]} ({TINY[key]} with --tiny)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile steps measure_from and measure_from+1 (CUDA; slows those steps)")
     ap.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers, seq 32, 3 steps (a CPU smoke test)")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds allowed per run")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench_trainer.json"))
@@ -259,7 +332,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in (TINY if args.tiny else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    unknown = set(args.variants.split(",")) - set(VARIANTS) - set(EXTRA_VARIANTS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}")
     if not 2 <= args.measure_from <= args.steps:
@@ -272,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one is not None:
         print(RESULT_MARK + json.dumps(run_one(json.loads(args.one))), flush=True)
         return
-    common = {k: getattr(args, k) for k in ("tiny", *FULL)}
+    common = {k: getattr(args, k) for k in ("tiny", "profile", *FULL)}
     results: dict[str, Any] = {"config": vars(args), "environment": environment(), "runs": [], "summary": []}
     for rnd in range(args.rounds):
         for model in args.models.split(","):
@@ -283,6 +356,16 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"round {rnd} {model} mb={mb} {variant}: s/step={fmt(run.get('s_per_step', math.nan), 4)} "
                           f"gns={run.get('gns_recorded', '-')}/{run.get('logged_steps', '-')} "
                           f"error={run.get('error')}", flush=True)
+                    report = run.pop("profile", None)
+                    if report:
+                        print(f"  profile: wall {report['wall_ms_per_step']:.1f} ms/step, kernels "
+                              f"{report['kernel_ms_per_step']:.1f} ms/step ({report['kernels_per_step']:.0f} launches), "
+                              f"callbacks' host ms/step {json.dumps(report['callback_host_ms_per_step'])}", flush=True)
+                        stem = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"profile_{model}_mb{mb}_{variant}_r{rnd}")
+                        with open(stem + ".txt", "w") as f:
+                            f.write(f"{json.dumps({k: v for k, v in report.items() if not k.startswith('top_')})}\n\n"
+                                    f"{report['top_device']}\n\n{report['top_host']}\n")
+                        run["profile"] = {k: v for k, v in report.items() if not k.startswith("top_")}
                     results["runs"].append(run)
                     results["summary"] = summarize(results["runs"])
                     with open(args.out, "w") as f:  # after every run, so a killed job keeps its results

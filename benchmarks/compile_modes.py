@@ -3,7 +3,8 @@
 For a tiny Llama and GPT-2 (dropout off) under bf16 and fp16 autocast, three micro-batches are
 accumulated eagerly and through ``torch.compile(model, mode=..., fullgraph=True)`` (after one
 warm-up step, which records CUDA graphs for ``reduce-overhead``); prints the relative difference
-of sum_i ||c_i||^2 and ||sum_i c_i||^2 per parameter, or the error a mode raised.
+of sum_i ||c_i||^2 and ||sum_i c_i||^2 per parameter, or the error a mode raised. Each mode and
+model first runs the same loop unpatched, as a control: an error there is the mode's, not hf_gns's.
 
     python benchmarks/compile_modes.py [--modes default,reduce-overhead,max-autotune-no-cudagraphs]
 """
@@ -36,6 +37,23 @@ def accumulate(model, fn, batches, dtype):
     return hf_gns.gather_stats(model)
 
 
+def control_run(base: torch.nn.Module, mode: str, batches) -> str:
+    """The same accumulation loop, twice, on the unpatched model under ``mode`` (bf16)."""
+    torch._dynamo.reset()
+    model = copy.deepcopy(base)
+    try:
+        fn = torch.compile(model, mode=None if mode == "default" else mode, fullgraph=True)
+        for _ in range(2):
+            for ids in batches:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = fn(input_ids=ids, use_cache=False).logits
+                torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids.flatten()).backward()
+        torch.cuda.synchronize()
+    except Exception as error:
+        return f"FAILED {type(error).__name__}: {str(error)[:200]}"
+    return "ok"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", default="default,reduce-overhead,max-autotune-no-cudagraphs")
@@ -45,6 +63,8 @@ def main() -> None:
     bases = {kind: build(kind) for kind in ("llama", "gpt2")}
     for mode in args.modes.split(","):
         for kind, base in bases.items():
+            control = control_run(base, mode, batches)  # does the unpatched model survive this loop?
+            print(f"{kind} unpatched {mode}: {control}", flush=True)
             for dtype in (torch.bfloat16, torch.float16):
                 eager = copy.deepcopy(base)
                 hf_gns.patch_model(eager)

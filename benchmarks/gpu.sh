@@ -7,6 +7,7 @@
 #   tests    tests/test_kernels.py on CUDA
 #   profile  benchmarks/profile_step.py: one micro-batch, unpatched vs hf_gns (host time, kernel launches)
 #   modes    benchmarks/compile_modes.py: statistics under each torch.compile mode vs eager
+#   distributed  benchmarks/distributed_trainer.py on 2 GPUs: DDP / FSDP2, eager / compiled, compared
 # Logs and JSON go to ${OUT:-/tmp/out}.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -14,7 +15,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:-/tmp/out}
 export OUT
 mkdir -p "$OUT"
-job=${1:?usage: bash benchmarks/gpu.sh trainer|kernels|tests|profile|modes [args...]}
+job=${1:?usage: bash benchmarks/gpu.sh trainer|kernels|tests|profile|modes|distributed [args...]}
 shift
 
 case "$job" in
@@ -33,8 +34,21 @@ case "$job" in
   modes)
     python benchmarks/compile_modes.py "$@" 2>&1 | grep -v -i "autotune\|triton_mm\|warn" | tee "$OUT/modes.log"
     ;;
+  distributed)
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    runs=()
+    for mode in ddp fsdp2; do
+      for compile in "" "--compile"; do
+        name=$OUT/dist_$mode${compile:+_compiled}.json
+        torchrun --nproc_per_node 2 benchmarks/distributed_trainer.py --mode $mode $compile --out "$name" "$@" \
+          > "${name%.json}.log" 2>&1 || echo "$mode $compile failed: see ${name%.json}.log"
+        runs+=("$name")
+      done
+    done
+    python benchmarks/distributed_trainer.py --compare "${runs[@]}" | tee "$OUT/distributed.log"
+    ;;
   *)
-    echo "unknown job '$job' (trainer, kernels, tests, profile, modes)" >&2
+    echo "unknown job '$job' (trainer, kernels, tests, profile, modes, distributed)" >&2
     exit 2
     ;;
 esac

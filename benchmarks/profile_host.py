@@ -3,7 +3,7 @@
     python benchmarks/profile_host.py [--D 768] [--rows 1024] [--steps 300]
 
 Runs the real patched module (recording on) with the GPU far from saturated, so the
-figures are Python and launch costs. Also times a bare launch of each Triton kernel.
+figures are Python and launch costs. Also times a bare launch of the forward kernel.
 """
 
 from __future__ import annotations

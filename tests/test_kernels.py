@@ -312,11 +312,12 @@ def _run_folded(formula, x, m, plan, dy, names, segments=None):
 
 @pytest.mark.parametrize("formula", [f for f in KNOWN_FORMULAS if f.name in ("layer_norm", "llama_rms", "gemma_rms", "layer_norm_no_bias")],
                          ids=lambda f: f.name)
-@pytest.mark.parametrize("shape", SHAPES[:4] + [(2, 3, 300)] if not ON_GPU else SHAPES,
+@pytest.mark.parametrize("shape", SHAPES[:4] + [(2, 3, 300), (2, 150, 40), (17, 40, 24)] if not ON_GPU else SHAPES,
                          ids=lambda s: "x".join(map(str, s)))
 def test_folded_tap_gradient(formula, shape):
     """Statistics folded in the backward (count, sum_i ||c_i||^2, sum_i c_i per parameter) and the
-    parameter gradients, against float64 brute force; D spans several fold programs."""
+    parameter gradients, against float64 brute force; D spans several fold programs, examples
+    span several work items (the last one short) and more than one block of examples."""
     B, T, D = shape
     m, plan = _make_module(formula, D, torch.float32)
     x = torch.randn(B, T, D, device=DEVICE) * 2 + 0.5

@@ -126,12 +126,13 @@ class TritonNorm(torch.autograd.Function):
         dx, partial = K.norm_backward(dy, x2d, weight, mean, rstd, bias is not None, cfg.centered, cfg.offset,
                                       cfg.round_to, rows.rows_per_example, rows.items)
         need_dw, need_db = ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
-        per_example = _per_example(partial, rows)  # [examples, 1 or 2, D] float32
-        if ctx.fold is not None:
+        if ctx.fold is not None:  # equal chunks: the fold kernel sums each example's items itself
             fold = ctx.fold
-            dw, db, tap_grad = K.fold_examples(per_example, fold.count, weight, bias, need_dw, need_db,
+            items = partial if rows.items is None else _per_example(partial, rows)
+            dw, db, tap_grad = K.fold_examples(items, rows.num_examples, fold.count, weight, bias, need_dw, need_db,
                                                fold.positions, fold.width)
             return dx, dw, db, tap_grad, None, None, None, None
+        per_example = _per_example(partial, rows)  # [examples, 1 or 2, D] float32
         grads = per_example.sum(0)
         dw = grads[0].to(weight.dtype) if need_dw else None
         db = grads[1].to(bias.dtype) if need_db else None

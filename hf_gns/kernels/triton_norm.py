@@ -111,15 +111,16 @@ def _norm_bwd_kernel(
 
 @triton.jit
 def _fold_kernel(
-    PER_EXAMPLE, DW, DB, OUT,
-    D, n_examples, count,
+    PARTIAL, DW, DB, OUT,
+    D, n_examples, items_per_example, count,
     HAS_BIAS: tl.constexpr, CHANNELS: tl.constexpr, WRITE_DW: tl.constexpr, WRITE_DB: tl.constexpr,
     TAP_W: tl.constexpr, TAP_B: tl.constexpr, N_NAMES: tl.constexpr, EXAMPLES: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Fold per-example gradients ``[examples, 1 or 2, D]`` (float32, contiguous) of one column
-    block into a tap's gradient (`TapLayout`): sum_i c_i and sum_i c_i**2 of the block's columns
-    (and the count, from program 0), and DW / DB. Examples are read EXAMPLES rows at a time.
-    TAP_W / TAP_B: the tap position of the weight / bias (-1: not in the tap)."""
+    """Fold per-item partial gradients ``[examples * items_per_example, 1 or 2, D]`` (float32,
+    contiguous, each example's items adjacent) of one column block into a tap's gradient
+    (`TapLayout`): c_i = the sum of example i's items, then sum_i c_i and sum_i c_i**2 of the
+    block's columns (and the count, from program 0), and DW / DB. Examples are read EXAMPLES
+    at a time. TAP_W / TAP_B: the tap position of the weight / bias (-1: not in the tap)."""
     pid = tl.program_id(0)
     cols = pid * BLOCK + tl.arange(0, BLOCK)
     col_ok = cols < D
@@ -130,12 +131,17 @@ def _fold_kernel(
     for first in range(0, n_examples, EXAMPLES):
         examples = first + tl.arange(0, EXAMPLES)
         mask = (examples < n_examples)[:, None] & col_ok[None, :]
-        rows = PER_EXAMPLE + (examples.to(tl.int64) * CHANNELS * D)[:, None] + cols[None, :]
-        c_w = tl.load(rows, mask=mask, other=0.0)
+        item0 = examples.to(tl.int64) * items_per_example
+        c_w = tl.zeros([EXAMPLES, BLOCK], dtype=tl.float32)
+        c_b = tl.zeros([EXAMPLES, BLOCK], dtype=tl.float32)
+        for j in range(0, items_per_example):
+            rows = PARTIAL + ((item0 + j) * CHANNELS * D)[:, None] + cols[None, :]
+            c_w += tl.load(rows, mask=mask, other=0.0)
+            if HAS_BIAS:
+                c_b += tl.load(rows + D, mask=mask, other=0.0)
         sum_w += tl.sum(c_w, axis=0)
         sq_w += tl.sum(c_w * c_w, axis=0)
         if HAS_BIAS:
-            c_b = tl.load(rows + D, mask=mask, other=0.0)
             sum_b += tl.sum(c_b, axis=0)
             sq_b += tl.sum(c_b * c_b, axis=0)
     if WRITE_DW:
@@ -243,7 +249,8 @@ def norm_backward(
     separate_bias = has_bias and items is None and D >= SEPARATE_BIAS_FROM
     if n_items:
         _norm_bwd_kernel[(n_items,)](
-            dy, x, weight, mean if centered else rstd, rstd, dx, partial, items if items is not None else rstd,
+            dy, x, weight, mean if centered else rstd, rstd, dx, partial,
+            items if items is not None else rstd,
             D, dy.stride(0), x.stride(0), dx.stride(0), partial.stride(0), rows_per_example, per_example, chunk,
             CENTERED=centered, HAS_BIAS=has_bias and not separate_bias, OFFSET=offset, ROUND=ROUND_CODES[round_to],
             USE_TABLE=items is not None, ROWS=rows, BLOCK_D=block_d,
@@ -262,24 +269,27 @@ FOLD_EXAMPLES = 16
 
 
 def fold_examples(
-    per_example: torch.Tensor, count: float, weight: torch.Tensor, bias: torch.Tensor | None,
+    partial: torch.Tensor, n_examples: int, count: float, weight: torch.Tensor, bias: torch.Tensor | None,
     need_dw: bool, need_db: bool, tap_positions: tuple[int, int], width: int,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-    """dweight, dbias and a tap's gradient from per-example gradients ``[examples, 1 or 2, D]``
-    (float32; channel 0 the weight's, 1 the bias's), in one launch.
+    """dweight, dbias and a tap's gradient from per-item partial gradients ``[examples * k, 1 or 2,
+    D]`` (float32; each example's k items adjacent; channel 0 the weight's, 1 the bias's), in one
+    launch: each example's gradient is the sum of its items.
 
     ``tap_positions`` = (k of the weight, k of the bias) in the tap's layout, -1 for a
     parameter not in it; ``width`` is the layout's width.
     """
-    per_example = per_example.contiguous()
-    n_examples, channels, D = per_example.shape
+    partial = partial.contiguous()
+    n_items, channels, D = partial.shape
+    if n_examples <= 0 or n_items % n_examples:
+        raise ValueError(f"{n_items} work items do not split into {n_examples} examples")
     dw = _empty(D, weight.dtype, weight.device) if need_dw else None
     db = _empty(D, bias.dtype, bias.device) if need_db and bias is not None else None
-    out = _empty(width, torch.float32, per_example.device)
+    out = _empty(width, torch.float32, partial.device)
     n_names = sum(1 for k in tap_positions if k >= 0)
     _fold_kernel[(triton.cdiv(D, FOLD_BLOCK),)](
-        per_example, dw if dw is not None else out, db if db is not None else out, out,
-        D, n_examples, float(count),
+        partial, dw if dw is not None else out, db if db is not None else out, out,
+        D, n_examples, n_items // n_examples, float(count),
         HAS_BIAS=channels == 2, CHANNELS=channels, WRITE_DW=dw is not None, WRITE_DB=db is not None,
         TAP_W=tap_positions[0], TAP_B=tap_positions[1], N_NAMES=n_names,
         EXAMPLES=FOLD_EXAMPLES, BLOCK=FOLD_BLOCK, num_warps=4,

@@ -13,11 +13,23 @@ norms recorded into its taps (B examples of rows/B rows each; the Triton kernels
 "off" (recording switched off: the module's own forward) and "compile" (torch.compile of the
 patched module: inductor's code for the slotted formulation, against "compile" of the peer). Effective bandwidth counts 5 passes over rows x D
 (read x fwd, write y, read x and dy bwd, write dx) against a measured copy bandwidth.
+
+Why a shape is slow, instead of the peer comparison:
+
+    python benchmarks/bench_norms.py --warps 8,16,32 [--dims 8192,16384]   # launch configurations
+    python benchmarks/bench_norms.py --resources [--dims 4096,8192,16384]   # registers and spills
+
+``--warps``: GPU time (CUDA graphs) of hf_gns's forward and backward kernels alone per
+``num_warps``, against 2 (forward) and 3 (backward) passes at the copy bandwidth;
+`backward_warps` in hf_gns/kernels/triton_norm.py takes its wide-row choice from this table.
+``--resources``: each kernel compiled as hf_gns launches it (its own tile and warp choices)
+and what the compiler reports, registers per thread and spilled bytes; no timing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -28,7 +40,11 @@ from torch import nn
 from triton.testing import do_bench, do_bench_cudagraph
 
 import hf_gns
+from hf_gns.kernels import triton_norm as K
 from hf_gns.stats import reset_stats
+
+# (name, centered, has_bias) of the two kernel formulas, for --warps and --resources
+FORMULAS = (("LayerNorm", True, True), ("RMSNorm", False, False))
 
 
 class HFLlamaRMSNorm(nn.Module):
@@ -104,20 +120,95 @@ def time_variant(kind, rows, D, dtype, impl, examples, graph: bool = False) -> f
     return do_bench(step, warmup=25, rep=150, return_mode="median") * 1e3  # microseconds
 
 
+def launch_configs(formulas, rows: int, dims: list[int], dtypes: list[torch.dtype], warps_list: list[int]) -> None:
+    """--warps: forward and backward kernel GPU time per num_warps, against their pass floors."""
+    base_tile, base_warps = K.tile_config, K.backward_warps
+    bw = copy_bandwidth()
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s")
+    for name, centered, has_bias in formulas:
+        for dtype in dtypes:
+            for D in dims:
+                x = torch.randn(rows, D, device="cuda", dtype=dtype)
+                dy = torch.randn_like(x)
+                w = torch.randn(D, device="cuda")
+                b = torch.randn(D, device="cuda") if has_bias else None
+                floor_fwd = 2 * x.numel() * x.element_size() / bw * 1e6
+                floor_bwd = 3 * x.numel() * x.element_size() / bw * 1e6
+                y, mean, rstd = K.norm_forward(x, w, b, 1e-5, centered, 0.0, None, dtype)
+                try:
+                    for warps in warps_list:
+                        K.tile_config = lambda d, _w=warps: (base_tile(d)[0], base_tile(d)[1], _w)
+                        fwd = do_bench_cudagraph(lambda: K.norm_forward(x, w, b, 1e-5, centered, 0.0, None, dtype),
+                                                 rep=50) * 1e3
+                        K.backward_warps = lambda bd, c, size, _w=warps: _w
+                        bwd = do_bench_cudagraph(lambda: K.norm_backward(dy, x, w, mean, rstd, has_bias, centered, 0.0,
+                                                                         None, rows // 8, None), rep=50) * 1e3
+                        print(f"{name:9} {str(dtype)[6:]:8} D={D:5d} warps={warps:2d}: fwd {fwd:7.1f} us "
+                              f"({fwd / floor_fwd:4.2f}x) | bwd {bwd:7.1f} us ({bwd / floor_bwd:4.2f}x)", flush=True)
+                finally:
+                    K.tile_config, K.backward_warps = base_tile, base_warps
+
+
+def _registers(kernel, grid, *args, **kwargs) -> tuple[int, int]:
+    compiled = kernel[grid](*args, **kwargs)
+    compiled._init_handles()
+    return compiled.n_regs, compiled.n_spills
+
+
+def kernel_resources(formulas, dims: list[int], dtypes: list[torch.dtype]) -> None:
+    """--resources: registers and spilled bytes per thread of the forward and backward kernels."""
+    rows = 4096
+    for name, centered, has_bias in formulas:
+        for dtype in dtypes:
+            for D in dims:
+                x = torch.randn(rows, D, device="cuda", dtype=dtype)
+                w = torch.randn(D, device="cuda")
+                b = torch.randn(D, device="cuda") if has_bias else None
+                block_d, tile_rows, warps = K.tile_config(D)
+                y = torch.empty_like(x)
+                mean = torch.empty(rows, device="cuda")
+                rstd = torch.empty(rows, device="cuda")
+                fwd = _registers(K._norm_fwd_kernel, (rows // tile_rows,),
+                                 x, w, b if b is not None else w, y, mean, rstd, rows, D, x.stride(0), y.stride(0), 1e-5,
+                                 CENTERED=centered, HAS_BIAS=has_bias, OFFSET=0.0, ROUND=0, ROWS=tile_rows,
+                                 BLOCK_D=block_d, num_warps=warps)
+                separate_bias = has_bias and D >= K.SEPARATE_BIAS_FROM  # as norm_backward decides
+                bwd_warps = K.backward_warps(block_d, centered and not separate_bias, x.element_size())
+                dx = torch.empty_like(x)
+                partial = torch.empty(8, 2 if has_bias else 1, D, device="cuda")
+                bwd = _registers(K._norm_bwd_kernel, (8,),
+                                 x, x, w, mean, rstd, dx, partial, rstd, D, x.stride(0), x.stride(0), dx.stride(0),
+                                 partial.stride(0), rows // 8, 1, rows // 8, CENTERED=centered,
+                                 HAS_BIAS=has_bias and not separate_bias, OFFSET=0.0, ROUND=0,
+                                 USE_TABLE=False, ROWS=tile_rows, BLOCK_D=block_d, num_warps=bwd_warps)
+                print(f"{name:9} {str(dtype)[6:]:8} D={D:5d}: forward {warps:2d} warps, {fwd[0]:3d} regs, "
+                      f"{fwd[1]:6d} B spilled | backward {bwd_warps:2d} warps, {bwd[0]:3d} regs, {bwd[1]:6d} B spilled",
+                      flush=True)
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=16384)
     ap.add_argument("--examples", type=int, default=8)
     ap.add_argument("--dims", default="768,1024,2048,4096,8192,16384")
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--kinds", default="layernorm,rmsnorm")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--warps", default=None, metavar="8,16,32",
+                    help="instead: time hf_gns's kernels alone per num_warps (e.g. with --dims 8192,16384)")
+    ap.add_argument("--resources", action="store_true",
+                    help="instead: registers and spilled bytes per kernel as hf_gns compiles it, no timing")
     args = ap.parse_args(argv)
-    try:
-        import liger_kernel  # noqa: F401
-        have_liger = True
-    except ImportError:
-        have_liger = False
+    dims = [int(d) for d in args.dims.split(",")]
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    formulas = [f for f in FORMULAS if f[0].lower() in args.kinds.split(",")]
+    if args.warps:
+        launch_configs(formulas, args.rows, dims, dtypes, [int(w) for w in args.warps.split(",")])
+        return
+    if args.resources:
+        kernel_resources(formulas, dims, dtypes)
+        return
+    have_liger = importlib.util.find_spec("liger_kernel") is not None
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
           f"copy bandwidth {bw / 1e12:.2f} TB/s, liger {'yes' if have_liger else 'no'}", flush=True)

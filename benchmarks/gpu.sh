@@ -1,41 +1,78 @@
 #!/usr/bin/env bash
 # GPU jobs, run from the repository root: bash benchmarks/gpu.sh JOB [extra args for the job]
+#   env      GPU, driver and library versions (the header of benchmarks/RESULTS.md)
 #   trainer  benchmarks/bench_trainer.py: hf_gns cost per optimizer step in the HF Trainer
 #            (32 runs by default, half of them compiling; under a 10-minute limit split it,
 #            e.g. `trainer --models gpt2` and `trainer --models llama360m`)
-#   kernels  benchmarks/bench_norms.py: norm layer forward+backward vs torch / compile / Liger
-#   tests    tests/test_kernels.py on CUDA
 #   profile  benchmarks/profile_step.py: one micro-batch, unpatched vs hf_gns (host time, kernel launches)
+#   host     benchmarks/profile_host.py: host time per patched norm call (cProfile); OLD=<older
+#            hf_gns checkout> runs the same script against it first, side by side
+#   kernels  benchmarks/bench_norms.py: norm layer forward+backward vs torch / compile / Liger
+#            (`kernels --warps 8,16,32 --dims 8192,16384`: per launch configuration;
+#            `kernels --resources`: registers and spills)
+#   tests    tests/test_kernels.py on CUDA
 #   modes    benchmarks/compile_modes.py: statistics under each torch.compile mode vs eager
 #   distributed  benchmarks/distributed_trainer.py on 2 GPUs: DDP / FSDP2, eager / compiled, compared
-# Logs and JSON go to ${OUT:-/tmp/out}.
+#   ln_proxy     benchmarks/ln_proxy.py: norm-layer GNS vs the whole model's, two examples/train_lm.py
+#                runs with --full_model_every 10 (STEPS=1000, RUN_TIMEOUT=240 s per run)
+#   time_to_loss benchmarks/time_to_loss.py: fixed / linear / GNS-driven batch, same token budget
+#                (SEEDS="1", TOKENS=16000000, ARMS="fixed linear gns small", RUN_TIMEOUT=150 s per run)
+#   multi    both examples under `accelerate launch --num_processes 2` (2 GPUs, NCCL, bf16)
+# Logs and JSON go to ${OUT:-/tmp/out}. SRC=<checkout> runs the hf_gns (and examples/) of another
+# checkout (default: this repository). Wheels carried in .whl/ (datasets, dill, multiprocess,
+# liger-kernel) are installed into /tmp/site first and put on the import path.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/out}
 export OUT
 mkdir -p "$OUT"
-job=${1:?usage: bash benchmarks/gpu.sh trainer|kernels|tests|profile|modes|distributed [args...]}
+SRC=${SRC:-$PWD}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$SRC${PYTHONPATH:+:$PYTHONPATH}
+else
+  export PYTHONPATH=$SRC${PYTHONPATH:+:$PYTHONPATH}
+fi
+jobs="env, trainer, profile, host, kernels, tests, modes, distributed, ln_proxy, time_to_loss, multi"
+job=${1:?usage: bash benchmarks/gpu.sh JOB [args...], JOB one of: $jobs}
 shift
+# a run's summary lines (the examples print them at the end)
+summary="^(model|steps|train loss|eval loss|gns/b_simple|total time):"
+# pack run directories without checkpoints, weights and tokenizers: tgz NAME DIR...
+tgz() { local name=$1; shift; (cd /tmp/runs && tar czf "$OUT/$name" --exclude='checkpoint-*' --exclude='*.safetensors' --exclude='*.bin' --exclude='tokenizer*' "$@"); }
 
 case "$job" in
+  env)
+    { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+      python -c "import torch, triton, transformers, accelerate; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)"
+      python -c "import datasets, liger_kernel; print('datasets', datasets.__version__, 'liger-kernel importable')"
+    } 2>&1 | grep -v -i warn | tee "$OUT/env.txt"
+    ;;
   trainer)
     python benchmarks/bench_trainer.py --out "$OUT/bench_trainer.json" "$@" 2>&1 | tee "$OUT/trainer.log"
     ;;
+  profile)
+    python benchmarks/profile_step.py "$@" 2>&1 | tee "$OUT/profile.log"
+    ;;
+  host)
+    if [ -n "${OLD:-}" ]; then
+      echo "== hf_gns in $OLD" | tee "$OUT/host_old.log"
+      PYTHONPATH=$OLD${PYTHONPATH:+:$PYTHONPATH} python benchmarks/profile_host.py "$@" 2>&1 | grep -v -i warn | tee -a "$OUT/host_old.log"
+    fi
+    echo "== hf_gns in $SRC" | tee "$OUT/host.log"
+    python benchmarks/profile_host.py "$@" 2>&1 | grep -v -i warn | tee -a "$OUT/host.log"
+    ;;
   kernels)
-    python benchmarks/bench_norms.py --json "$OUT/bench_norms.json" "$@" 2>&1 | tee "$OUT/kernels.log"
+    python benchmarks/bench_norms.py --json "$OUT/bench_norms.json" "$@" 2>&1 | grep -v -i -E "warn|Backend impl" | tee "$OUT/kernels.log"
     ;;
   tests)
     HF_GNS_TEST_DEVICE=cuda python -m pytest -q -p no:cacheprovider tests/test_kernels.py "$@" 2>&1 | tee "$OUT/tests.log"
-    ;;
-  profile)
-    python benchmarks/profile_step.py "$@" 2>&1 | tee "$OUT/profile.log"
     ;;
   modes)
     python benchmarks/compile_modes.py "$@" 2>&1 | grep -v -i "autotune\|triton_mm\|warn" | tee "$OUT/modes.log"
     ;;
   distributed)
-    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     runs=()
     for mode in ddp fsdp2; do
       for compile in "" "--compile"; do
@@ -47,8 +84,59 @@ case "$job" in
     done
     python benchmarks/distributed_trainer.py --compare "${runs[@]}" | tee "$OUT/distributed.log"
     ;;
+  ln_proxy)
+    : > "$OUT/ln_proxy.log"
+    for model in llama gpt2; do
+      cmd="python $SRC/examples/train_lm.py --model_type $model --hidden_size 256 --num_hidden_layers 4 --num_attention_heads 4 --block_size 256 --per_device_train_batch_size 16 --max_steps ${STEPS:-1000} --learning_rate 1e-3 --bf16 --logging_steps 50 --eval_steps 250 --full_model_every 10 --max_train_chars 0 --output_dir /tmp/runs/ln_$model --cache_dir /tmp/cache $*"
+      echo "\$ $cmd" | tee -a "$OUT/ln_proxy.log"
+      start=$(date +%s)
+      timeout "${RUN_TIMEOUT:-240}" $cmd 2>&1 | grep -E "$summary" | tee -a "$OUT/ln_proxy.log" || true
+      echo "wall: $(( $(date +%s) - start ))s" | tee -a "$OUT/ln_proxy.log"
+    done
+    python benchmarks/ln_proxy.py /tmp/runs/ln_llama /tmp/runs/ln_gpt2 --json "$OUT/ln_proxy.json" | tee -a "$OUT/ln_proxy.log"
+    tgz ln_runs.tgz ln_llama ln_gpt2
+    ;;
+  time_to_loss)
+    tokens=${TOKENS:-16000000}
+    python benchmarks/time_to_loss.py prepare /tmp/ttl_corpus --max_chars 40000000 2>&1 | tail -n 1 | tee -a "$OUT/ttl.log"
+    common="--dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer --hidden_size 96 --num_hidden_layers 2 --num_attention_heads 4 --block_size 128 --per_device_train_batch_size 64 --learning_rate 3e-3 --warmup_steps 0.05 --bf16 --logging_steps 20 --no_report --cache_dir /tmp/cache"
+    # the same token budget in every arm: 32768 tokens per step at batch 256, 8192 at batch 64
+    fixed="--gradient_accumulation_steps 4 --max_steps $((tokens / 32768)) --eval_steps $((tokens / 32768 / 20)) --batch_size_policy steps:0:256"
+    linear="--gradient_accumulation_steps 1 --max_steps $((tokens / 8192)) --eval_steps $((tokens / 8192 / 40)) --batch_size_policy linear:64:256"
+    gns="--gradient_accumulation_steps 1 --max_steps $((tokens / 8192)) --eval_steps $((tokens / 8192 / 40)) --batch_size_policy gns:min=64,max=256"
+    small="--gradient_accumulation_steps 1 --max_steps $((tokens / 8192)) --eval_steps $((tokens / 8192 / 40)) --batch_size_policy steps:0:64"
+    for seed in ${SEEDS:-1}; do
+      for arm in ${ARMS:-fixed linear gns small}; do
+        cmd="python $SRC/examples/train_lm.py $common ${!arm} --seed $seed --output_dir /tmp/runs/ttl_${arm}_$seed $*"
+        echo "\$ $cmd" | tee -a "$OUT/ttl.log"
+        start=$(date +%s)
+        timeout "${RUN_TIMEOUT:-150}" $cmd 2>&1 | grep -E "$summary" | tee -a "$OUT/ttl.log" || true
+        echo "wall: $(( $(date +%s) - start ))s" | tee -a "$OUT/ttl.log"
+      done
+      python benchmarks/time_to_loss.py report /tmp/runs/ttl_fixed_$seed /tmp/runs/ttl_linear_$seed /tmp/runs/ttl_gns_$seed \
+        /tmp/runs/ttl_small_$seed --json "$OUT/ttl_$seed.json" | tee -a "$OUT/ttl.log"
+    done
+    tgz ttl_runs.tgz $(cd /tmp/runs && ls -d ttl_*)
+    ;;
+  multi)
+    nvidia-smi -L | tee "$OUT/multi.log"
+    launch="accelerate launch --multi_gpu --num_processes 2 --mixed_precision bf16"
+    cmd="$launch $SRC/examples/train_lm.py --bf16 --batch_size_policy linear:16:64 --max_steps 300 --eval_steps 100 --output_dir /tmp/runs/multi_trainer --cache_dir /tmp/cache"
+    echo "\$ $cmd" | tee -a "$OUT/multi.log"
+    timeout 300 $cmd 2>&1 | grep -v -i -E "warn|it/s\]|s/it\]|examples/s\]" | tail -n 22 | tee -a "$OUT/multi.log" || true
+    cmd="$launch $SRC/examples/accelerate_loop.py --mixed_precision bf16 --batch_size_policy gns:k=8,min_steps=20,max=128 --max_tokens 600000 --output_dir /tmp/runs/multi_loop --cache_dir /tmp/cache"
+    echo "\$ $cmd" | tee -a "$OUT/multi.log"
+    timeout 200 $cmd 2>&1 | grep -v -i -E "warn|examples/s\]" | tail -n 12 | tee -a "$OUT/multi.log" || true
+    python - <<'PY' | tee -a "$OUT/multi.log"
+import json
+hist = [json.loads(l) for l in open("/tmp/runs/multi_trainer/gns_history.jsonl")]
+print("trainer run, every 25th step (step, global batch, B_simple EMA, tokens):")
+print([(h["step"], h.get("gns/batch_size"), round(h.get("gns/b_simple", float("nan")), 2), h.get("gns/tokens")) for h in hist if h["step"] % 25 == 0])
+PY
+    tgz multi_runs.tgz multi_trainer multi_loop
+    ;;
   *)
-    echo "unknown job '$job' (trainer, kernels, tests, profile, modes, distributed)" >&2
+    echo "unknown job '$job' ($jobs)" >&2
     exit 2
     ;;
 esac

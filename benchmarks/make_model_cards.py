@@ -2,8 +2,8 @@
 
     python benchmarks/make_model_cards.py RUNS_DIR [--out model_cards]
 
-RUNS_DIR holds the unpacked archives of benchmarks/gpu_ln_proxy.sh (ln_llama, ln_gpt2) and
-benchmarks/gpu_time_to_loss.sh (ttl_<arm>_<seed>), plus the report JSONs ttl_<seed>.json. Each
+RUNS_DIR holds the unpacked archives of `bash benchmarks/gpu.sh ln_proxy` (ln_llama, ln_gpt2) and
+`bash benchmarks/gpu.sh time_to_loss` (ttl_<arm>_<seed>), plus the report JSONs ttl_<seed>.json. Each
 card is a header written here (what was trained, how, the outcome) followed by the
 "Gradient noise scale" section that `hf_gns.model_card` writes for any run.
 """
@@ -33,7 +33,7 @@ FRONT_MATTER = "---\nlibrary_name: transformers\ntags:\n- hf_gns\n- gradient-noi
 TTL_COMMAND = ("python examples/train_lm.py --dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer "
                "--hidden_size 96 --num_hidden_layers 2 --num_attention_heads 4 --block_size 128 "
                "--per_device_train_batch_size 64 --learning_rate 3e-3 --warmup_steps 0.05 --bf16 ... "
-               "(exact commands: benchmarks/gpu_time_to_loss.sh)")
+               "(exact commands: `bash benchmarks/gpu.sh time_to_loss`)")
 
 
 def _write(out_dir: str, header: str, run_dir: str, plot: str | None) -> str:
@@ -63,7 +63,7 @@ from a config and trained from scratch with the Hugging Face Trainer on the offl
 per-example gradients of the whole model and of the normalization layers alone (one backward per
 example), to check that the norm layers' gradient noise scale predicts the whole model's.
 
-Final validation loss: {evals[-1]:.4f}. Command: `benchmarks/gpu_ln_proxy.sh`; figures:
+Final validation loss: {evals[-1]:.4f}. Command: `bash benchmarks/gpu.sh ln_proxy`; figures:
 `benchmarks/RESULTS.md` (LN proxy).
 
 ![Loss](loss.png)

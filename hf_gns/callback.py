@@ -9,6 +9,7 @@ Trainer's own logging, so they reach every ``report_to`` integration and
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -63,7 +64,25 @@ def attach(trainer, callback: "GNSCallback | None" = None, **kwargs) -> "GNSCall
     for each in [callback] + others:
         trainer.add_callback(each)
     callback.trainer = trainer
+    if not getattr(trainer.log, "_hf_gns", False):
+        trainer.log = _log_with_gns(trainer, trainer.log)
     return callback
+
+
+def _log_with_gns(trainer, log):
+    """``Trainer.log`` (the method the Trainer documents for overriding) with the pending ``gns/*``
+    values merged into ``logs`` first: they then reach ``state.log_history`` and every callback in
+    the same dict as ``loss``."""
+
+    @functools.wraps(log)
+    def log_with_gns(logs: dict[str, float], *args, **kwargs):
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, GNSCallback):
+                callback.merge_pending(logs, trainer.state.global_step)
+        return log(logs, *args, **kwargs)
+
+    log_with_gns._hf_gns = True
+    return log_with_gns
 
 
 def _integrations(args: TrainingArguments) -> list[str]:
@@ -141,6 +160,7 @@ class GNSCallback(MeterViews, TrainerCallback):
         self._scale: Any = 1.0
         self._skipped_step = False
         self._model = None
+        self._inputs = None  # full_model.InputKeeper while full_model_every is on
 
     # -- wiring ----------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
@@ -161,7 +181,10 @@ class GNSCallback(MeterViews, TrainerCallback):
             reset_stats(model)
             for counter in pass_counters(model):
                 counter.take_positions()
-                counter.keep_inputs = bool(self.full_model_every)
+            if self.full_model_every and self._inputs is None:
+                from .full_model import InputKeeper
+
+                self._inputs = InputKeeper(model)
         saved = self._load_checkpoint_state(args, state)
         if self.control is not None:
             self.control.on_train_begin(args, state, kwargs.get("lr_scheduler"),
@@ -210,7 +233,7 @@ class GNSCallback(MeterViews, TrainerCallback):
         from .full_model import per_example_gradient_stats, subset
 
         model = self._model
-        inputs = next((c.last_inputs for c in pass_counters(model) if c.last_inputs), None) if model else None
+        inputs = self._inputs.inputs if self._inputs is not None else None
         if not inputs:
             return
         norm_names = [f"{name}.{n}" if name else n for name, st in patched_modules(model) for n in st.plan.param_names]
@@ -232,7 +255,16 @@ class GNSCallback(MeterViews, TrainerCallback):
         if record is not None:
             self._to_log = record
 
+    def merge_pending(self, logs: dict[str, float], step: int) -> None:
+        """Add the newest measured step's values (not logged yet) to ``logs``."""
+        self._resolve(upto=step)
+        if self._to_log:
+            logs.update(self._to_log)
+            self._to_log = {}
+
     def on_log(self, args, state, control, logs=None, **kwargs):
+        # with hf_gns.attach the values were merged before the Trainer stored the log; without it
+        # they join the Trainer's log_history entry of this step here, after the Trainer made it
         self._resolve(upto=state.global_step)
         if not self._to_log or logs is None:
             return
@@ -269,6 +301,9 @@ class GNSCallback(MeterViews, TrainerCallback):
         return saved
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self._inputs is not None:
+            self._inputs.remove()
+            self._inputs = None
         self._resolve(upto=state.global_step)
         self._write_history(args, state)
         if self.model_card and state.is_world_process_zero and args.output_dir and self.history:

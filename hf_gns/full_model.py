@@ -17,6 +17,23 @@ from .patch import pass_counters, patched_modules, set_recording
 from .stats import GradientStats, ParamStats, _total
 
 
+class InputKeeper:
+    """The keyword inputs of a model's latest training forward, for the whole-model diagnostic:
+    a forward pre-hook on the model, registered only while the diagnostic is on."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.inputs: dict | None = None
+        self._handle = model.register_forward_pre_hook(self._keep, with_kwargs=True)
+
+    def _keep(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if module.training and torch.is_grad_enabled() and kwargs:
+            self.inputs = dict(kwargs)
+
+    def remove(self) -> None:
+        self._handle.remove()
+        self.inputs = None
+
+
 def count_label_tokens(batch: dict, shift: bool = True) -> torch.Tensor | None:
     labels = batch.get("labels")
     if not isinstance(labels, torch.Tensor):

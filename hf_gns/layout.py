@@ -133,12 +133,10 @@ class PassCounter:
         self.depth = 0
         self.serial = 0  # forward passes started (eager bookkeeping of calls per pass)
         self.paused = False
-        self.keep_inputs = False
-        self.last_inputs: dict | None = None
 
     def __getstate__(self) -> dict:
         """Copies and pickles carry no tensors of a pass in flight (they are not leaves)."""
-        return {**self.__dict__, "slots": {}, "packed": None, "last_inputs": None, "problems": [], "depth": 0}
+        return {**self.__dict__, "slots": {}, "packed": None, "problems": [], "depth": 0}
 
     @torch.compiler.disable
     def place(self, device: torch.device) -> None:
@@ -173,8 +171,6 @@ class PassCounter:
         self.inputs = pass_inputs(args, kwargs)
         self.packed = packed_batch(kwargs) if self.inputs.batch_size in (None, 1) else None
         if module.training and torch.is_grad_enabled():
-            if self.keep_inputs:
-                self.last_inputs = dict(kwargs)
             device = _input_device(args, kwargs)
             if device is not None:
                 if self.totals is None or self.totals.device != device:

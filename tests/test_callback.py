@@ -172,6 +172,37 @@ def test_attach_runs_the_callback_before_earlier_callbacks(tmp_path, attached):
     assert all(key in e for e in step_logs(trainer) for key in GNS_KEYS)
 
 
+def test_attach_merges_gns_into_the_log_before_any_callback_sees_it(tmp_path):
+    """With hf_gns.attach the gns/* values join ``logs`` inside ``Trainer.log`` (the method the
+    Trainer documents for overriding), before it stores the log_history entry and calls any
+    callback: a callback placed ahead of GNSCallback afterwards still sees them, with the values
+    log_history holds; attaching twice wraps once."""
+    seen = []
+
+    class Early(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs or {}))
+
+    callback = hf_gns.GNSCallback(model_card=False)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, logging_steps=1,
+                             report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model=make_model("llama"), args=args, train_dataset=TokenDataset(24))
+    hf_gns.attach(trainer, callback)
+    wrapped = trainer.log
+    hf_gns.attach(trainer, callback)
+    assert trainer.log is wrapped
+    trainer.callback_handler.callbacks.insert(0, Early())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    early = [s for s in seen if "loss" in s]
+    history = step_logs(trainer)
+    assert len(early) == len(history) == 3
+    for e, h in zip(early, history):
+        for key in GNS_KEYS:
+            assert key in e and (e[key] == h[key] or (math.isnan(e[key]) and math.isnan(h[key]))), key
+
+
 def test_batch_of_one_is_skipped_not_crashing(tmp_path):
     dataset = TokenDataset(8)
     trainer = train(tmp_path, dataset, callbacks=[hf_gns.GNSCallback()], steps=3, batch=1)

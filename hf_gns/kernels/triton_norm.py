@@ -186,7 +186,7 @@ def tile_config(D: int) -> tuple[int, int, int]:
 
 def backward_warps(block_d: int, centered: bool, itemsize: int) -> int:
     """Warps per backward program: as the forward, except for rows of 16384 columns and more,
-    where 8 warps beat 32 (H100, benchmarks/tune_wide.py: LayerNorm bf16 -17%, RMSNorm bf16 -27%)
+    where 8 warps beat 32 (H100, `benchmarks/bench_norms.py --warps`: LayerNorm bf16 -17%, RMSNorm bf16 -27%)
     but a float32 LayerNorm needs all 32."""
     if block_d >= 16384 and not (centered and itemsize == 4):
         return 8

@@ -1,6 +1,7 @@
-"""Helper for test_ddp.py (not a test module): 2 gloo ranks on CPU, DistributedDataParallel.
+"""Helper for test_ddp.py (not a test module): 2 gloo ranks on CPU, DistributedDataParallel or
+FSDP2 (``fully_shard`` on every decoder layer and the root).
 
-Usage: python ddp_worker.py <dir> [compiled] — <dir> holds a saved tiny model (`model/`) and `batch.pt`
+Usage: python ddp_worker.py <dir> [compiled] [fsdp2] — <dir> holds a saved tiny model (`model/`) and `batch.pt`
 (input_ids [8, T], targets [8, T]). Rank r trains on rows [4r, 4r + 4) with its own mean token
 loss (DDP then averages the gradients) and writes `rank{r}.json`: gather_stats and the
 norm parameters' averaged gradients.
@@ -17,7 +18,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 
-def run(rank: int, world: int, directory: str, port: int, compiled: bool) -> None:
+def run(rank: int, world: int, directory: str, port: int, compiled: bool, fsdp2: bool = False) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
@@ -29,7 +30,16 @@ def run(rank: int, world: int, directory: str, port: int, compiled: bool) -> Non
         model = AutoModelForCausalLM.from_pretrained(os.path.join(directory, "model"))
         model.train()
         hf_gns.patch_model(model, kernel="torch")
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        if fsdp2:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh("cpu", (world,))
+            for layer in model.model.layers:
+                fully_shard(layer, mesh=mesh)
+            ddp = fully_shard(model, mesh=mesh)
+        else:
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
         forward = torch.compile(ddp, backend="aot_eager") if compiled else ddp
         batch = torch.load(os.path.join(directory, "batch.pt"))
         per_rank = batch["input_ids"].shape[0] // world
@@ -39,8 +49,10 @@ def run(rank: int, world: int, directory: str, port: int, compiled: bool) -> Non
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
         loss.backward()
         stats = hf_gns.gather_stats(ddp)
-        grads = {n: p.grad.double().pow(2).sum().item() for n, p in model.named_parameters()
+        grads = {n: _full(p.grad).double().pow(2).sum().item() for n, p in model.named_parameters()
                  if n in stats.per_param}
+        if fsdp2:  # the parameters are sharded: the norm weights must be DTensors for this run to mean anything
+            assert all(type(p).__name__ == "DTensor" for n, p in model.named_parameters() if n in stats.per_param)
         out = {
             "per_param": {n: [s.num_examples, s.example_sq_norm_sum, s.batch_sq_norm]
                           for n, s in stats.per_param.items()},
@@ -55,6 +67,11 @@ def run(rank: int, world: int, directory: str, port: int, compiled: bool) -> Non
         dist.destroy_process_group()
 
 
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's whole value (FSDP2 gradients are sharded), else the tensor."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,4 +80,5 @@ def free_port() -> int:
 
 if __name__ == "__main__":
     directory = sys.argv[1]
-    mp.spawn(run, args=(2, directory, free_port(), "compiled" in sys.argv[2:]), nprocs=2, join=True)
+    mp.spawn(run, args=(2, directory, free_port(), "compiled" in sys.argv[2:], "fsdp2" in sys.argv[2:]), nprocs=2,
+             join=True)

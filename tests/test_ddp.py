@@ -1,5 +1,6 @@
 """gather_stats under DistributedDataParallel (2 CPU ranks, gloo), eager and torch.compile'd (DDP's
-graph splitting at bucket boundaries), == one process on the full batch."""
+graph splitting at bucket boundaries), and under FSDP2 (``fully_shard``, eager and compiled),
+== one process on the full batch."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import hf_gns
 from helpers import make_model, rand_length, rel_err
 
 
-@pytest.mark.parametrize("mode", ["eager", "compiled"])
+@pytest.mark.parametrize("mode", ["eager", "compiled", "fsdp2 eager", "fsdp2 compiled"])
 def test_ddp_two_ranks_equal_single_process(tmp_path, mode):
     model = make_model("llama")
     model.save_pretrained(tmp_path / "model")
@@ -27,7 +28,7 @@ def test_ddp_two_ranks_equal_single_process(tmp_path, mode):
 
     worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, worker, str(tmp_path), mode], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, worker, str(tmp_path), *mode.split()], capture_output=True, text=True,
                           timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

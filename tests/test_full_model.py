@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 from torch.utils.data import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
@@ -57,11 +58,15 @@ class _Data(Dataset):
         return {"input_ids": self.x[i], "labels": self.x[i]}
 
 
-def test_trainer_full_model_every(tmp_path):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_trainer_full_model_every(tmp_path, compiled):
+    """The whole-model diagnostic reads the step's last micro-batch (kept by a forward pre-hook,
+    also when the Trainer compiles the model) and agrees with the kernel-measured norm layers."""
     model = _model()
     hf_gns.patch_model(model)
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, logging_steps=1,
-                             report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, max_grad_norm=0.0)
+                             report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, max_grad_norm=0.0,
+                             torch_compile=compiled)
     callback = hf_gns.GNSCallback(full_model_every=2)
     Trainer(model=model, args=args, train_dataset=_Data(), callbacks=[callback]).train()
     measured = [h for h in callback.history if "gns/full_model_ln_step_b_simple" in h]

@@ -43,6 +43,20 @@ def refuse_data_parallel(args: TrainingArguments) -> None:
             "(DistributedDataParallel, supported), or make one GPU visible (CUDA_VISIBLE_DEVICES=0)")
 
 
+#: torch.compile modes that capture CUDA graphs, under which the statistics are not yet verified
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def warn_cuda_graph_mode(args: TrainingArguments) -> None:
+    """Say once, at train start, that a CUDA-graph compile mode is not supported yet."""
+    mode = getattr(args, "torch_compile_mode", None)
+    if getattr(args, "torch_compile", False) and mode in CUDA_GRAPH_MODES:
+        logger.warning(
+            "hf_gns: torch_compile_mode=%r captures CUDA graphs, under which hf_gns is not verified (on the GPU "
+            "its accumulation loop failed with 'accessing tensor output of CUDAGraphs that has been overwritten'); "
+            "use the default mode or 'max-autotune-no-cudagraphs'", mode)
+
+
 def attach(trainer, callback: "GNSCallback | None" = None, **kwargs) -> "GNSCallback":
     """Add GNS to ``trainer`` and return its callback (``GNSCallback(**kwargs)`` unless given).
 
@@ -170,6 +184,8 @@ class GNSCallback(MeterViews, TrainerCallback):
                 "(%s) before it, so gns/* reach trainer.state.log_history and %s but not them. Add it with "
                 "hf_gns.attach(trainer) instead.", ", ".join(_integrations(args)), self.history_file or "the history")
         refuse_data_parallel(args)
+        if state.is_world_process_zero:
+            warn_cuda_graph_mode(args)
         self._model = model
         if model is not None and not patched_modules(model):
             names = patch_model(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -539,3 +540,19 @@ def test_a_users_own_policy_drives_the_trainer_batch(tmp_path):
     sizes = [e["gns/batch_size"] for e in step_logs(trainer)]
     assert sizes[0] == 2.0 and sizes[-1] == 4.0 and sorted(sizes) == sizes, sizes
     assert policy.calls == sorted(policy.calls) and len(policy.calls) >= 2
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune", "default", None])
+def test_cuda_graph_compile_modes_are_warned_about(mode, caplog):
+    """A Trainer compiling with a CUDA-graph mode hears, once at train start, that hf_gns is not
+    verified there; other modes and eager runs hear nothing."""
+    from hf_gns.callback import warn_cuda_graph_mode
+
+    args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True, torch_compile=mode is not None,
+                             torch_compile_mode=mode)
+    with caplog.at_level(logging.WARNING, logger="hf_gns"):
+        warn_cuda_graph_mode(args)
+    warned = "CUDA graphs" in caplog.text
+    assert warned == (mode in ("reduce-overhead", "max-autotune")), caplog.text
+    if warned:
+        assert repr(mode) in caplog.text and "max-autotune-no-cudagraphs" in caplog.text

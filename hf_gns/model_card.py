@@ -10,18 +10,16 @@ import statistics
 from collections import Counter
 from typing import Any, Iterable
 
+from .validation import is_finite_number
+
 START = "<!-- hf_gns:start -->"
 END = "<!-- hf_gns:end -->"
 FRONT_MATTER = "---\nlibrary_name: transformers\ntags:\n- hf_gns\n- gradient-noise-scale\n---\n"
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def fmt_number(value: float | None) -> str:
     """4 significant digits below 1000, else a rounded integer with thousands separators."""
-    if not _finite(value):
+    if not is_finite_number(value):
         return "n/a"
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
@@ -31,11 +29,11 @@ def fmt_count(value: float) -> str:
 
 
 def _rows(history: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted((r for r in history if _finite(r.get("step"))), key=lambda r: r["step"])
+    return sorted((r for r in history if is_finite_number(r.get("step"))), key=lambda r: r["step"])
 
 
 def _values(rows: list[dict[str, Any]], key: str) -> list[float]:
-    return [float(r[key]) for r in rows if _finite(r.get(key))]
+    return [float(r[key]) for r in rows if is_finite_number(r.get(key))]
 
 
 def short_group_steps(history: Iterable[dict[str, Any]]) -> set[float]:
@@ -48,7 +46,7 @@ def short_group_steps(history: Iterable[dict[str, Any]]) -> set[float]:
     decrease is not a dip and is kept.
     """
     sized = [(row["step"], float(row["gns/batch_size"])) for row in _rows(history)
-             if _finite(row.get("gns/batch_size"))]
+             if is_finite_number(row.get("gns/batch_size"))]
     short: set[float] = set()
     for i in range(1, len(sized)):
         step, size = sized[i]
@@ -64,7 +62,7 @@ def policy_batch_sizes(history: Iterable[dict[str, Any]]) -> list[tuple[float, f
     rows = _rows(history)
     short = short_group_steps(rows)
     return [(row["step"], float(row["gns/batch_size"])) for row in rows
-            if _finite(row.get("gns/batch_size")) and row["step"] not in short]
+            if is_finite_number(row.get("gns/batch_size")) and row["step"] not in short]
 
 
 def batch_schedule(history: Iterable[dict[str, Any]]) -> list[tuple[float, int, float]]:
@@ -78,7 +76,7 @@ def batch_schedule(history: Iterable[dict[str, Any]]) -> list[tuple[float, int, 
         size = sizes.get(row["step"])
         if size is not None and (not segments or size != segments[-1][0]):
             segments.append((size, int(row["step"]), tokens))
-        if _finite(row.get("gns/tokens")):
+        if is_finite_number(row.get("gns/tokens")):
             tokens = float(row["gns/tokens"])
     return segments
 

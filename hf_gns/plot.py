@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from .model_card import policy_batch_sizes
+from .validation import is_finite_number
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -57,7 +57,7 @@ class RunLog:
 
     def has(self, key: str) -> bool:
         """Whether ``key`` has at least one finite value."""
-        return any(_finite(row.get(key)) for row in self.rows)
+        return any(is_finite_number(row.get(key)) for row in self.rows)
 
     @property
     def axis(self) -> str:
@@ -74,13 +74,13 @@ class RunLog:
         if axis == "steps":
             return steps
         if axis == "tokens":
-            known = [(row["step"], row["gns/tokens"]) for row in self.rows if _finite(row.get("gns/tokens"))]
+            known = [(row["step"], row["gns/tokens"]) for row in self.rows if is_finite_number(row.get("gns/tokens"))]
         elif axis == "examples":
             known, total, prev = [], 0.0, 0.0
             for row in self.rows:
                 per_step = row.get("gns/examples")
-                per_step = per_step if _finite(per_step) else row.get("gns/batch_size")
-                if _finite(per_step):
+                per_step = per_step if is_finite_number(per_step) else row.get("gns/batch_size")
+                if is_finite_number(per_step):
                     # a logged value stands for every step since the previous one
                     total += per_step * (row["step"] - prev)
                     prev = row["step"]
@@ -94,7 +94,7 @@ class RunLog:
     def series(self, key: str, axis: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(x, y) of the rows where ``key`` is finite."""
         xs = self.x(axis)
-        keep = [i for i, row in enumerate(self.rows) if _finite(row.get(key))]
+        keep = [i for i, row in enumerate(self.rows) if is_finite_number(row.get(key))]
         return xs[keep], np.array([self.rows[i][key] for i in keep], dtype=float)
 
     def batch_series(self, axis: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -103,10 +103,6 @@ class RunLog:
         sizes = dict(policy_batch_sizes(self.rows))
         keep = [i for i, row in enumerate(self.rows) if row["step"] in sizes]
         return self.x(axis)[keep], np.array([sizes[self.rows[i]["step"]] for i in keep], dtype=float)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _interp(steps: np.ndarray, known: list[tuple[float, float]]) -> np.ndarray:
@@ -149,7 +145,7 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue  # blank or partly written line
-    return [row for row in rows if isinstance(row, dict) and _finite(row.get("step"))]
+    return [row for row in rows if isinstance(row, dict) and is_finite_number(row.get("step"))]
 
 
 def run_name(run_dir: str) -> str:
@@ -194,7 +190,7 @@ def merge_rows(name: str, path: str, *histories: Iterable[dict[str, Any]]) -> Ru
     merged: dict[int, dict[str, float]] = {}
     for history in histories:
         for row in history:
-            if isinstance(row, dict) and _finite(row.get("step")):
+            if isinstance(row, dict) and is_finite_number(row.get("step")):
                 step = int(row["step"])
                 merged.setdefault(step, {}).update(_numeric(row))
                 merged[step]["step"] = float(step)

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .distributed import world_size
 from .layout import warn_problems
 from .patch import pass_counters, patched_modules
 from .slots import TapLayout
@@ -77,9 +78,7 @@ def _tapped(model: nn.Module) -> list[_Tapped]:
 
 
 def _world_size(reduce: bool) -> int:
-    if reduce and dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
+    return world_size() if reduce else 1
 
 
 def clear_tap_grads(taps: list[torch.Tensor]) -> None:

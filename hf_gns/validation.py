@@ -16,6 +16,11 @@ def fail(name: str, value: Any, accepted: str, hint: str = "") -> NoReturn:
     raise ValueError(f"{name} must be {accepted}, got {value!r}" + (f"; {hint}" if hint else ""))
 
 
+def is_finite_number(value: Any) -> bool:
+    """A finite int or float, bools excluded (a logged value that can be shown or plotted)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def is_int(value: Any) -> bool:
     """An integer, bools excluded."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

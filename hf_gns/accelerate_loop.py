@@ -33,6 +33,7 @@ from torch import nn
 
 from .token_clock import LR_SCALINGS, LRScaling, TokenClock, scale_lr_for_batch, wrap_lambda_lr
 from .distributed import sum_over_ranks
+from .full_model import count_label_tokens
 from .measure import GNSMeter, MeterViews, read_loss_scale
 from .patch import pass_counters, patch_model, patched_modules, place_statistics
 from .schedule import BatchSizePolicy, accumulation_for, make_policy
@@ -133,9 +134,9 @@ class GNSLoop(MeterViews):
         """Tokens carrying a label in the whole group (after the causal shift): the loss divisor."""
         total = None
         for batch in group:
-            labels = batch[label_key]
-            labels = labels[..., 1:] if shift else labels
-            count = (labels != -100).sum()
+            if not isinstance(batch.get(label_key), torch.Tensor):
+                raise KeyError(f"GNSLoop.num_items: a micro-batch has no {label_key!r} tensor")
+            count = count_label_tokens(batch, shift, label_key)
             total = count if total is None else total + count
         return total
 

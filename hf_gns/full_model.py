@@ -34,8 +34,9 @@ class InputKeeper:
         self.inputs = None
 
 
-def count_label_tokens(batch: dict, shift: bool = True) -> torch.Tensor | None:
-    labels = batch.get("labels")
+def count_label_tokens(batch: dict, shift: bool = True, label_key: str = "labels") -> torch.Tensor | None:
+    """Tokens of ``batch`` that carry a label (not -100), after the causal shift: a loss divisor."""
+    labels = batch.get(label_key)
     if not isinstance(labels, torch.Tensor):
         return None
     labels = labels[..., 1:] if shift else labels

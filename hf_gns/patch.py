@@ -22,7 +22,7 @@ from torch import nn
 
 from . import torch_path
 from .layout import ExampleSpec, PassCounter, find_spec, host_segment_starts
-from .probe import NormPlan, Unsupported, is_norm_candidate, plan_for
+from .probe import NormPlan, Unsupported, is_norm_candidate, other_norm_kind, plan_for
 from .slots import TapLayout, draw_slots, new_tap
 
 logger = logging.getLogger(__name__)
@@ -433,8 +433,14 @@ def patch_model(
     counter = _root_counter(model)
     skipped: list[str] = []
     no_params: list[str] = []
+    others: dict[str, list[str]] = {}  # norms of other kinds, with parameters: left out, said once
     for name, module in model.named_modules():
-        if _STATE in module.__dict__ or not is_norm_candidate(module):
+        if _STATE not in module.__dict__ and not is_norm_candidate(module):
+            kind = other_norm_kind(module)
+            if kind is not None and not _matches(name, exclude) and (include is None or _matches(name, include)):
+                others.setdefault(kind, []).append(name)
+            continue
+        if _STATE in module.__dict__:
             continue
         if (include is not None and not _matches(name, include)) or _matches(name, exclude):
             continue
@@ -464,6 +470,9 @@ def patch_model(
     if skipped:
         warnings.warn("hf_gns could not patch these normalization modules, their gradients are not "
                       "in the statistics:\n  " + "\n  ".join(skipped), stacklevel=2)
+    if others:
+        warnings.warn("hf_gns: normalization modules of other kinds are left out of the statistics:\n  " + "\n  ".join(
+            f"{len(names)} {kind}: {', '.join(names)}" for kind, names in others.items()), stacklevel=2)
     return patched_module_names(model)
 
 

@@ -51,6 +51,21 @@ def is_norm_candidate(module: nn.Module) -> bool:
     return bool(_NORM_NAME.search(name)) and not _NOT_PER_EXAMPLE.search(name)
 
 
+def other_norm_kind(module: nn.Module) -> str | None:
+    """For a leaf normalization module that is not a LayerNorm / RMSNorm but has trainable
+    parameters (batch, group, instance norms, ...), what it is and why it is left out; else None."""
+    if any(True for _ in module.children()) or is_norm_candidate(module):
+        return None
+    if not any(p.requires_grad for p in module.parameters(recurse=False)):
+        return None
+    name = type(module).__name__
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in name:
+        return f"{name} (mixes the examples of a batch in training mode: no per-example gradient)"
+    if _NORM_NAME.search(name):
+        return f"{name} (not a LayerNorm / RMSNorm)"
+    return None
+
+
 def find_eps(module: nn.Module) -> float | None:
     for attr in EPS_ATTRIBUTES:
         value = getattr(module, attr, None)

@@ -99,7 +99,10 @@ class _RecomputedSlots(torch.autograd.Function):
     def forward(ctx, y, x, slots, norm: SlottedNorm, autocast):
         ctx.save_for_backward(x)
         ctx.norm, ctx.autocast, ctx.slot_shape = norm, autocast, slots.shape
-        return y.view_as(y)
+        # y itself, its history extended by this node: not a view (a view made by a custom Function
+        # may not be modified in place, and models do: XLM's `tensor *= mask` on a norm's output)
+        ctx.mark_dirty(y)
+        return y
 
     @staticmethod
     def backward(ctx, dy):

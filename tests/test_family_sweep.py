@@ -551,17 +551,7 @@ def check_family(model_type: str) -> Outcome:
 # -------------------------------------------------------------------------------------------
 FAMILIES = sorted(CONFIG_MAPPING.keys())
 RESULTS: dict[str, Outcome] = {}
-_IN_PLACE = ("the patched norm's output is a view returned by a custom Function (torch_path._RecomputedSlots), "
-             "so the model's in-place `tensor *= mask` on layer_norm_emb's output (dropout 0) raises in the patched "
-             "model only")
-#: families wrong in today's library: (what is wrong, the exception it raises)
-XFAIL: dict[str, tuple[str, type[BaseException]]] = {
-    "xlm": (_IN_PLACE, RuntimeError),
-    "flaubert": (_IN_PLACE, RuntimeError),
-    "sam3_lite_text_text_model": ("its BatchNorm2d layers run (in training mode they mix the examples of the batch) and "
-                                  "are neither recorded nor named in any warning: hf_gns passes them over silently",
-                                  AssertionError),
-}
+XFAIL: dict[str, tuple[str, type[BaseException]]] = {}
 
 
 def _params():

@@ -867,3 +867,42 @@ def test_deep_copy_of_a_patched_model_records_on_its_own():
     assert not hf_gns.gather_stats(model).per_param
     oracle = oracle_stats(example_grads_bruteforce(clone(copy_), batch, norm_param_names(copy_)))
     assert_stats_match(stats, oracle, rtol=1e-5, what="deep copy")
+
+
+def test_norm_output_modified_in_place(fresh_seed):
+    """A model that modifies a norm's output in place (XLM's ``tensor *= mask``) runs patched on the
+    eager PyTorch path, with the unpatched gradients and per-example statistics that match a
+    per-example loop over an unpatched copy."""
+
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(12)
+            self.head = nn.Linear(12, 3)
+
+        def forward(self, x):
+            h = self.norm(x)
+            h *= (x[..., :1] > -1).to(h.dtype)  # in place on the norm's output
+            return self.head(h)
+
+    model = InPlace()
+    ref = copy.deepcopy(model)
+    hf_gns.patch_model(model, kernel="torch")
+    x = torch.randn(4, 5, 12)
+    model(x).pow(2).sum().backward()
+    ref(x).pow(2).sum().backward()
+    for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert torch.equal(p.grad, q.grad), n
+    stats = hf_gns.gather_stats(model)
+    for name in ("norm.weight", "norm.bias"):
+        per = []
+        for i in range(4):
+            one = copy.deepcopy(ref)
+            one.zero_grad()
+            one(x[i:i + 1]).pow(2).sum().backward()
+            per.append(dict(one.named_parameters())[name].grad.double())
+        c = torch.stack(per)
+        got = stats.per_param[name]
+        assert got.num_examples == 4
+        assert rel_err(got.example_sq_norm_sum, float(c.pow(2).sum())) <= 1e-5, name
+        assert rel_err(got.batch_sq_norm, float(c.sum(0).pow(2).sum())) <= 1e-5, name

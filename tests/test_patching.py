@@ -906,3 +906,17 @@ def test_norm_output_modified_in_place(fresh_seed):
         assert got.num_examples == 4
         assert rel_err(got.example_sq_norm_sum, float(c.pow(2).sum())) <= 1e-5, name
         assert rel_err(got.batch_sq_norm, float(c.sum(0).pow(2).sum())) <= 1e-5, name
+
+
+def test_norms_of_other_kinds_are_named_in_a_warning():
+    """BatchNorm (which mixes a batch's examples in training) and GroupNorm with parameters are not
+    patched and are named in one warning with the reason; a norm without parameters is not."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.LayerNorm(4), nn.GroupNorm(2, 4),
+                          nn.BatchNorm1d(4, affine=False))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert hf_gns.patch_model(model, kernel="torch") == ["2"]
+    texts = [str(w.message) for w in caught if "other kinds" in str(w.message)]
+    assert len(texts) == 1
+    assert "BatchNorm1d (mixes the examples of a batch" in texts[0] and ": 1\n" in texts[0]
+    assert "GroupNorm (not a LayerNorm / RMSNorm): 3" in texts[0] and "4" not in texts[0].split("statistics:")[1]

@@ -41,6 +41,14 @@ shift
 summary="^(model|steps|train loss|eval loss|gns/b_simple|total time):"
 # pack run directories without checkpoints, weights and tokenizers: tgz NAME DIR...
 tgz() { local name=$1; shift; (cd /tmp/runs && tar czf "$OUT/$name" --exclude='checkpoint-*' --exclude='*.safetensors' --exclude='*.bin' --exclude='tokenizer*' "$@"); }
+# one training run: the command, its summary lines and its wall time, appended to a log: run_logged LOG SECONDS CMD
+run_logged() {
+  local log=$1 limit=$2 cmd=$3 start
+  echo "\$ $cmd" | tee -a "$log"
+  start=$(date +%s)
+  timeout "$limit" $cmd 2>&1 | grep -E "$summary" | tee -a "$log" || true
+  echo "wall: $(( $(date +%s) - start ))s" | tee -a "$log"
+}
 
 case "$job" in
   env)
@@ -88,10 +96,7 @@ case "$job" in
     : > "$OUT/ln_proxy.log"
     for model in llama gpt2; do
       cmd="python $SRC/examples/train_lm.py --model_type $model --hidden_size 256 --num_hidden_layers 4 --num_attention_heads 4 --block_size 256 --per_device_train_batch_size 16 --max_steps ${STEPS:-1000} --learning_rate 1e-3 --bf16 --logging_steps 50 --eval_steps 250 --full_model_every 10 --max_train_chars 0 --output_dir /tmp/runs/ln_$model --cache_dir /tmp/cache $*"
-      echo "\$ $cmd" | tee -a "$OUT/ln_proxy.log"
-      start=$(date +%s)
-      timeout "${RUN_TIMEOUT:-240}" $cmd 2>&1 | grep -E "$summary" | tee -a "$OUT/ln_proxy.log" || true
-      echo "wall: $(( $(date +%s) - start ))s" | tee -a "$OUT/ln_proxy.log"
+      run_logged "$OUT/ln_proxy.log" "${RUN_TIMEOUT:-240}" "$cmd"
     done
     python benchmarks/ln_proxy.py /tmp/runs/ln_llama /tmp/runs/ln_gpt2 --json "$OUT/ln_proxy.json" | tee -a "$OUT/ln_proxy.log"
     tgz ln_runs.tgz ln_llama ln_gpt2
@@ -108,10 +113,7 @@ case "$job" in
     for seed in ${SEEDS:-1}; do
       for arm in ${ARMS:-fixed linear gns small}; do
         cmd="python $SRC/examples/train_lm.py $common ${!arm} --seed $seed --output_dir /tmp/runs/ttl_${arm}_$seed $*"
-        echo "\$ $cmd" | tee -a "$OUT/ttl.log"
-        start=$(date +%s)
-        timeout "${RUN_TIMEOUT:-150}" $cmd 2>&1 | grep -E "$summary" | tee -a "$OUT/ttl.log" || true
-        echo "wall: $(( $(date +%s) - start ))s" | tee -a "$OUT/ttl.log"
+        run_logged "$OUT/ttl.log" "${RUN_TIMEOUT:-150}" "$cmd"
       done
       python benchmarks/time_to_loss.py report /tmp/runs/ttl_fixed_$seed /tmp/runs/ttl_linear_$seed /tmp/runs/ttl_gns_$seed \
         /tmp/runs/ttl_small_$seed --json "$OUT/ttl_$seed.json" | tee -a "$OUT/ttl.log"

@@ -57,7 +57,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 import hf_gns
 from hf_gns.probe import is_norm_candidate
 
-from helpers import finish, is_norm_like, rel_err
+from helpers import assert_stats_match, finish, is_norm_like
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -527,19 +527,8 @@ def check_family(model_type: str) -> Outcome:
     noise = {n: max(overall, gaps[n] / max(float(batch_grads[n].norm()), 1e-300)) for n in wanted}
 
     # recorded parameters: every example counted, both sums exact (up to RTOL plus 4x that noise)
-    for n in sorted(recorded):
-        got = stats.per_param[n]
-        sq, bsq = float(c[n].pow(2).sum()), float(c[n].sum(0).pow(2).sum())
-        rtol = RTOL + 4 * noise[n]
-        assert got.num_examples == B, f"{model_type} {n}: {got.num_examples} examples, expected {B}"
-        assert abs(got.example_sq_norm_sum - sq) <= rtol * abs(sq) + floor, (
-            f"{model_type} {n}: sum_i ||c_i||^2 = {got.example_sq_norm_sum!r}, oracle {sq!r} "
-            f"(rel {rel_err(got.example_sq_norm_sum, sq):.3g}, tolerance {rtol:.2g})")
-        assert abs(got.batch_sq_norm - bsq) <= rtol * abs(bsq) + floor, (
-            f"{model_type} {n}: ||sum_i c_i||^2 = {got.batch_sq_norm!r}, oracle {bsq!r} "
-            f"(rel {rel_err(got.batch_sq_norm, bsq):.3g}, tolerance {rtol:.2g})")
-    if recorded:
-        assert stats.total.num_examples == B, f"{model_type}: total counts {stats.total.num_examples} examples"
+    oracle = {n: (float(c[n].pow(2).sum()), float(c[n].sum(0).pow(2).sum()), B) for n in sorted(recorded)}
+    assert_stats_match(stats, oracle, {n: RTOL + 4 * noise[n] for n in oracle}, what=model_type, floor=floor)
     kind = "matched" if not refused else ("refused" if not recorded else "partial")
     if not refused and not recorded:
         kind = "no-norm-ran"

@@ -14,7 +14,8 @@
 #   modes    benchmarks/compile_modes.py: statistics under each torch.compile mode vs eager
 #   distributed  benchmarks/distributed_trainer.py on 2 GPUs: DDP / FSDP2, eager / compiled, compared
 #   ln_proxy     benchmarks/ln_proxy.py: norm-layer GNS vs the whole model's, two examples/train_lm.py
-#                runs with --full_model_every 10 (STEPS=1000, RUN_TIMEOUT=240 s per run)
+#                runs with --full_model_every (STEPS=1000, RUN_TIMEOUT=240 s per run; SCALE=large: the
+#                GPT-2 124M shape and a 126M Llama, side by side on two GPUs)
 #   time_to_loss benchmarks/time_to_loss.py: fixed / linear / GNS-driven batch, same token budget
 #                (SEEDS="1", TOKENS=16000000, ARMS="fixed linear gns small", RUN_TIMEOUT=150 s per run)
 #   multi    both examples under `accelerate launch --num_processes 2` (2 GPUs, NCCL, bf16)
@@ -93,12 +94,31 @@ case "$job" in
     python benchmarks/distributed_trainer.py --compare "${runs[@]}" | tee "$OUT/distributed.log"
     ;;
   ln_proxy)
+    # SCALE=small: hidden 256, 4 layers, context 256, the default corpus (RESULTS 5).
+    # SCALE=large: hidden 768, 12 layers, 12 heads, context 1024, compiled, 8 sequences per step, on
+    # the site-packages corpus (CHARS characters), whole model measured every FULL_EVERY steps; with
+    # two GPUs visible the two models train side by side, one per GPU.
     : > "$OUT/ln_proxy.log"
+    if [ "${SCALE:-small}" = large ]; then
+      python benchmarks/time_to_loss.py prepare /tmp/ttl_corpus --max_chars "${CHARS:-200000000}" 2>&1 | tail -n 1 | tee -a "$OUT/ln_proxy.log"
+      shape="--hidden_size ${HIDDEN:-768} --num_hidden_layers ${LAYERS:-12} --num_attention_heads ${HEADS:-12} --block_size ${BLOCK:-1024} --per_device_train_batch_size ${BATCH:-8} --torch_compile --learning_rate ${LR:-6e-4} --warmup_steps 0.05 --dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer --preprocessing_num_workers ${WORKERS:-8} --full_model_every ${FULL_EVERY:-50} --save_steps ${SAVE_STEPS:-1000} --eval_steps ${EVAL_STEPS:-1000}"
+    else
+      shape="--hidden_size 256 --num_hidden_layers 4 --num_attention_heads 4 --block_size 256 --per_device_train_batch_size 16 --learning_rate 1e-3 --max_train_chars 0 --full_model_every 10 --eval_steps 250"
+    fi
+    gpus=$(python -c "import torch; print(torch.cuda.device_count())")
+    i=0
     for model in llama gpt2; do
-      cmd="python $SRC/examples/train_lm.py --model_type $model --hidden_size 256 --num_hidden_layers 4 --num_attention_heads 4 --block_size 256 --per_device_train_batch_size 16 --max_steps ${STEPS:-1000} --learning_rate 1e-3 --bf16 --logging_steps 50 --eval_steps 250 --full_model_every 10 --max_train_chars 0 --output_dir /tmp/runs/ln_$model --cache_dir /tmp/cache $*"
-      run_logged "$OUT/ln_proxy.log" "${RUN_TIMEOUT:-240}" "$cmd"
+      cmd="python $SRC/examples/train_lm.py --model_type $model $shape --max_steps ${STEPS:-1000} --bf16 --logging_steps 50 --no_report --output_dir /tmp/runs/ln_$model --cache_dir /tmp/cache_$model $*"
+      if [ "$gpus" -ge 2 ]; then
+        (export CUDA_VISIBLE_DEVICES=$i; run_logged "$OUT/ln_proxy_$model.log" "${RUN_TIMEOUT:-240}" "$cmd") &
+      else
+        run_logged "$OUT/ln_proxy_$model.log" "${RUN_TIMEOUT:-240}" "$cmd"
+      fi
+      i=$((i + 1))
     done
-    python benchmarks/ln_proxy.py /tmp/runs/ln_llama /tmp/runs/ln_gpt2 --json "$OUT/ln_proxy.json" | tee -a "$OUT/ln_proxy.log"
+    wait
+    cat "$OUT"/ln_proxy_llama.log "$OUT"/ln_proxy_gpt2.log >> "$OUT/ln_proxy.log"
+    python benchmarks/ln_proxy.py /tmp/runs/ln_llama /tmp/runs/ln_gpt2 --json "$OUT/ln_proxy.json" --plot "$OUT/ln_proxy.png" | tee -a "$OUT/ln_proxy.log"
     tgz ln_runs.tgz ln_llama ln_gpt2
     ;;
   time_to_loss)

@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no_stdlib", action="store_true", help="offline corpus: pydoc topics only, no stdlib source")
     p.add_argument("--cache_dir", default=os.path.join(os.path.expanduser("~"), ".cache", "hf_gns"))
     p.add_argument("--block_size", type=int, default=128)
+    p.add_argument("--preprocessing_num_workers", type=int, default=None, help="processes that tokenize the corpus")
     # training
     p.add_argument("--output_dir", default="runs/train_lm")
     p.add_argument("--per_device_train_batch_size", type=int, default=8)
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             files = default_corpus_files(corpus_dir, args.max_train_chars or None, include_stdlib=not args.no_stdlib)
         tokenizer = build_tokenizer(args, files[0] if files else None, corpus_dir)
         raw = load_text_dataset(args.dataset_name, files, cache_dir=os.path.join(args.cache_dir, "datasets"))
-        lm_data = group_texts(raw, tokenizer, args.block_size)
+        lm_data = group_texts(raw, tokenizer, args.block_size, num_proc=args.preprocessing_num_workers)
     eval_split = "validation" if "validation" in lm_data else "test" if "test" in lm_data else None
 
     model = build_model(args, tokenizer)

@@ -18,6 +18,9 @@
 #                GPT-2 124M shape and a 126M Llama, side by side on two GPUs)
 #   time_to_loss benchmarks/time_to_loss.py: fixed / linear / GNS-driven batch, same token budget
 #                (SEEDS="1", TOKENS=16000000, ARMS="fixed linear gns small", RUN_TIMEOUT=150 s per run)
+#   time_to_loss_large  the same at a Chinchilla-optimal 10.5M-parameter scale: fixed batches, linear
+#                and GNS-driven arms spread over the GPUs, tokens and steps to a common target against
+#                the fixed-batch frontier (SEED=1, TOKENS=210000000, ARMS="fixed32 fixed128 fixed512 linear gns")
 #   multi    both examples under `accelerate launch --num_processes 2` (2 GPUs, NCCL, bf16)
 # Logs and JSON go to ${OUT:-/tmp/out}. SRC=<checkout> runs the hf_gns (and examples/) of another
 # checkout (default: this repository). Wheels carried in .whl/ (datasets, dill, multiprocess,
@@ -35,7 +38,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$SRC${PYTHONPATH:+:$PYTHONPATH}
 fi
-jobs="env, trainer, profile, host, kernels, tests, modes, distributed, ln_proxy, time_to_loss, multi"
+jobs="env, trainer, profile, host, kernels, tests, modes, distributed, ln_proxy, time_to_loss, time_to_loss_large, multi"
 job=${1:?usage: bash benchmarks/gpu.sh JOB [args...], JOB one of: $jobs}
 shift
 # a run's summary lines (the examples print them at the end)
@@ -120,6 +123,43 @@ case "$job" in
     cat "$OUT"/ln_proxy_llama.log "$OUT"/ln_proxy_gpt2.log >> "$OUT/ln_proxy.log"
     python benchmarks/ln_proxy.py /tmp/runs/ln_llama /tmp/runs/ln_gpt2 --json "$OUT/ln_proxy.json" --plot "$OUT/ln_proxy.png" | tee -a "$OUT/ln_proxy.log"
     tgz ln_runs.tgz ln_llama ln_gpt2
+    ;;
+  time_to_loss_large)
+    # Chinchilla-sized: a 10.5M-parameter Llama (hidden 256, 8 layers, context 512) on TOKENS tokens
+    # (default 210M, 20 per parameter) of the site-packages corpus (CHARS characters); arms (ARMS,
+    # batches in sequences of 512 tokens): fixed batches, the linear schedule and the GNS-driven policy,
+    # spread over the visible GPUs (each GPU runs its arms one after another); one seed per call (SEED).
+    tokens=${TOKENS:-210000000} mb=${MB:-32} top=${MAX_BATCH:-512} seed=${SEED:-1} block=${BLOCK:-512}
+    python benchmarks/time_to_loss.py prepare /tmp/ttl_corpus --max_chars "${CHARS:-400000000}" 2>&1 | tail -n 1 | tee -a "$OUT/ttl.log"
+    common="--dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer --hidden_size ${HIDDEN:-256} --num_hidden_layers ${LAYERS:-8} --num_attention_heads ${HEADS:-4} --block_size $block --per_device_train_batch_size $mb --learning_rate ${LR:-2e-3} --warmup_steps 0.05 --bf16 --torch_compile --logging_steps 50 --no_report --max_eval_samples ${EVAL_BLOCKS:-512} --preprocessing_num_workers 8 --seed $seed"
+    arm_args() {
+      local arm=$1 steps
+      case "$arm" in
+        fixed*) local b=${arm#fixed}; steps=$((tokens / (b * block)))
+                echo "--gradient_accumulation_steps $((b / mb)) --max_steps $steps --eval_steps $((steps / 40 + 1)) --batch_size_policy steps:0:$b" ;;
+        linear) steps=$((tokens / (mb * block)))
+                echo "--max_steps $steps --eval_steps $((steps / 60 + 1)) --batch_size_policy linear:$mb:$top" ;;
+        gns)    steps=$((tokens / (mb * block)))
+                echo "--max_steps $steps --eval_steps $((steps / 60 + 1)) --batch_size_policy gns:min=$mb,max=$top" ;;
+      esac
+    }
+    gpus=$(python -c "import torch; print(max(1, torch.cuda.device_count()))")
+    arms=(${ARMS:-fixed32 fixed128 fixed512 linear gns})
+    for ((g = 0; g < gpus; g++)); do
+      (
+        export CUDA_VISIBLE_DEVICES=$g
+        for ((a = g; a < ${#arms[@]}; a += gpus)); do
+          arm=${arms[$a]}
+          cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") --output_dir /tmp/runs/ttl_${arm}_$seed --cache_dir /tmp/cache_gpu$g $*"
+          run_logged "$OUT/ttl_gpu$g.log" "${RUN_TIMEOUT:-300}" "$cmd"
+        done
+      ) &
+    done
+    wait
+    cat "$OUT"/ttl_gpu*.log >> "$OUT/ttl.log"
+    python benchmarks/time_to_loss.py frontier $(for arm in "${arms[@]}"; do echo "$arm=/tmp/runs/ttl_${arm}_$seed"; done) \
+      --json "$OUT/ttl_frontier_$seed.json" --plot "$OUT/ttl_frontier_$seed.png" | tee -a "$OUT/ttl.log"
+    tgz ttl_runs_$seed.tgz $(cd /tmp/runs && ls -d ttl_*_$seed)
     ;;
   time_to_loss)
     tokens=${TOKENS:-16000000}

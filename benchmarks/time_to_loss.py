@@ -2,6 +2,7 @@
 
     python benchmarks/time_to_loss.py prepare OUT_DIR [--max_chars N]   # corpus + tokenizer
     python benchmarks/time_to_loss.py report REF_RUN RUN [RUN ...] [--json out.json]
+    python benchmarks/time_to_loss.py frontier ARM=RUN [ARM=RUN ...] [--target LOSS] [--json J] [--plot P]
 
 `prepare` writes a larger offline corpus than the example's default (every ``.py`` file under
 the installed site-packages, sorted; every 50th file held out for validation) and trains the
@@ -89,6 +90,85 @@ def report(ref: str, runs: list[str], out: str | None) -> None:
         json.dump({"target": target, "runs": rows}, open(out, "w"), indent=1)
 
 
+def _log_interp(x: float, xs: list[float], ys: list[float]) -> float:
+    """y at x on the piecewise-linear curve through (log xs, log ys); nan outside [min xs, max xs]."""
+    pts = sorted(zip(xs, ys))
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            if x1 == x0:
+                return min(y0, y1)
+            f = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return math.exp(math.log(y0) + f * (math.log(y1) - math.log(y0)))
+    return math.nan
+
+
+def frontier(arms: list[tuple[str, str]], target: float | None, out: str | None, plot_path: str | None) -> dict:
+    """Tokens and optimizer steps to a common target loss for every arm, and each schedule's token
+    saving against the fixed-batch frontier at the same number of steps.
+
+    ``arms``: (name, run dir); names starting with ``fixed`` form the frontier. The target is
+    ``target``, else the highest final eval loss of all arms (the loss every arm reached).
+    """
+    curves = {name: eval_curve(run) for name, run in arms}
+    if target is None:
+        target = max(c[-1][2] for c in curves.values())
+    rows = {}
+    for name, run in arms:
+        tokens, steps = reach(curves[name], target)
+        rows[name] = {"run": run, "tokens_to_target": tokens, "steps_to_target": steps,
+                      "final_eval_loss": curves[name][-1][2], "total_tokens": curves[name][-1][0],
+                      "total_steps": curves[name][-1][1]}
+    fixed = [(r["steps_to_target"], r["tokens_to_target"]) for n, r in rows.items()
+             if n.startswith("fixed") and not math.isnan(r["steps_to_target"])]
+    for name, r in rows.items():
+        if name.startswith("fixed") or math.isnan(r["steps_to_target"]):
+            continue
+        at_steps = _log_interp(r["steps_to_target"], [s for s, _ in fixed], [t for _, t in fixed])
+        r["frontier_tokens_at_same_steps"] = at_steps
+        r["token_saving_vs_frontier"] = 1 - r["tokens_to_target"] / at_steps if at_steps == at_steps else math.nan
+    print(f"target eval loss {target:.4f}")
+    print(f"{'arm':12s} {'final loss':>10s} {'tokens to target':>17s} {'steps to target':>16s} {'saving vs fixed frontier':>25s}")
+    for name, r in rows.items():
+        saving = r.get("token_saving_vs_frontier")
+        print(f"{name:12s} {r['final_eval_loss']:10.4f} {r['tokens_to_target']:17.4g} {r['steps_to_target']:16.1f} "
+              f"{'' if saving is None else f'{saving:+.1%}':>25s}")
+    result = {"target": target, "arms": rows}
+    if out:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+    if plot_path:
+        plot_frontier(rows, target, plot_path)
+    return result
+
+
+def plot_frontier(rows: dict, target: float, path: str) -> None:
+    """Tokens vs optimizer steps to the target, one point per arm, the fixed arms joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    fixed = sorted((r["steps_to_target"], r["tokens_to_target"], n) for n, r in rows.items()
+                   if n.startswith("fixed") and not math.isnan(r["steps_to_target"]))
+    ax.plot([s for s, _, _ in fixed], [t / 1e6 for _, t, _ in fixed], "o-", color="gray", label="fixed batch (frontier)")
+    for s, t, n in fixed:
+        ax.annotate(n, (s, t / 1e6), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    for name, marker in (("linear", "s"), ("gns", "*")):
+        for n, r in rows.items():
+            if n.startswith(name) and not math.isnan(r["steps_to_target"]):
+                ax.plot(r["steps_to_target"], r["tokens_to_target"] / 1e6, marker, markersize=11, label=n)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer steps to target (parallel time)")
+    ax.set_ylabel("tokens to target, millions (compute)")
+    ax.set_title(f"to eval loss {target:.3f}: lower-left is better")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -99,11 +179,24 @@ def main(argv=None) -> None:
     r.add_argument("ref")
     r.add_argument("runs", nargs="*")
     r.add_argument("--json", default=None)
+    f = sub.add_parser("frontier")
+    f.add_argument("arms", nargs="+", help="NAME=RUN_DIR; names starting with 'fixed' form the frontier")
+    f.add_argument("--target", type=float, default=None, help="eval loss (default: the highest final loss of all arms)")
+    f.add_argument("--json", default=None)
+    f.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
         prepare(args.out_dir, args.max_chars)
-    else:
+    elif args.cmd == "report":
         report(args.ref, args.runs, args.json)
+    else:
+        arms = []
+        for arg in args.arms:
+            name, sep, run = arg.partition("=")
+            if not sep or not name or not run:
+                ap.error(f"arm {arg!r}: expected NAME=RUN_DIR")
+            arms.append((name, run))
+        frontier(arms, args.target, args.json, args.plot)
 
 
 if __name__ == "__main__":

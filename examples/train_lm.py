@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--print_every", type=int, default=50,
                    help="print a short progress line every N logs (every log still reaches report_to and log_history)")
     p.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps (always once at the end)")
+    p.add_argument("--max_eval_samples", type=int, default=None, help="evaluate on N validation blocks (a fixed sample)")
     p.add_argument("--save_steps", type=int, default=None, help="save a checkpoint every N steps (default: never)")
     p.add_argument("--no_eval_accuracy", action="store_true", help="evaluate loss / perplexity only, no token accuracy")
     # gradient noise scale
@@ -92,6 +93,16 @@ def build_tokenizer(args: argparse.Namespace, train_file: str | None, corpus_dir
     if train_file is None:
         raise ValueError("--dataset_name without a model needs --tokenizer_name")
     return train_bpe_tokenizer([train_file], args.vocab_size, os.path.join(corpus_dir, f"bpe-{args.vocab_size}"))
+
+
+def eval_blocks(blocks, limit: int | None):
+    """``limit`` validation blocks drawn once with a fixed seed (the same in every run; all of
+    them when ``limit`` is None)."""
+    if limit is None or limit >= len(blocks):
+        return blocks
+    if limit < 1:
+        raise ValueError(f"--max_eval_samples={limit}: expected a positive number of validation blocks")
+    return blocks.shuffle(seed=0).select(range(limit))
 
 
 def build_model(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
@@ -240,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         model=model,
         args=training_args,
         train_dataset=lm_data["train"],
-        eval_dataset=lm_data[eval_split] if eval_split else None,
+        eval_dataset=eval_blocks(lm_data[eval_split], args.max_eval_samples) if eval_split else None,
         data_collator=default_data_collator,  # blocks are packed: no padding, labels already set
         processing_class=tokenizer,
         compute_metrics=compute_metrics,

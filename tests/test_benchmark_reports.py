@@ -1,0 +1,87 @@
+"""The analysis behind RESULTS' evidence sections, on synthetic runs whose answers are known by hand:
+`benchmarks/time_to_loss.py frontier` (tokens and steps to a target, saving against the fixed-batch
+frontier) and `benchmarks/ln_proxy.py` (correlation, range and drift of B_simple)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+import ln_proxy  # noqa: E402
+import time_to_loss  # noqa: E402
+
+
+def write_run(path, evals: list[tuple[int, float, float]], history: list[dict] | None = None) -> str:
+    """A run dir: (step, tokens, eval loss) evaluations, and extra gns_history rows."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "trainer_state.json"), "w") as f:
+        json.dump({"log_history": [{"step": s, "eval_loss": loss} for s, _, loss in evals]}, f)
+    rows = {s: {"step": s, "gns/tokens": t} for s, t, _ in evals}
+    for row in history or []:
+        rows.setdefault(row["step"], {"step": row["step"]}).update(row)
+    with open(os.path.join(path, "gns_history.jsonl"), "w") as f:
+        for step in sorted(rows):
+            f.write(json.dumps(rows[step]) + "\n")
+    return str(path)
+
+
+def test_frontier_saving_matches_a_hand_computation(tmp_path):
+    # fixed_small: 100 tokens per step, loss 2.5 at step 30 and 1.5 at step 40 -> 2.0 at step 35, 3500 tokens
+    small = write_run(tmp_path / "s", [(10, 1000, 4.0), (20, 2000, 3.0), (30, 3000, 2.5), (40, 4000, 1.5)])
+    # fixed_large: 400 tokens per step, 2.2 at step 10 and 1.8 at step 15 -> step 12.5, 5000 tokens
+    large = write_run(tmp_path / "l", [(5, 2000, 3.0), (10, 4000, 2.2), (15, 6000, 1.8)])
+    # gns: 2.4 at step 10 (1000 tokens), 1.6 at step 30 (5000 tokens) -> step 20, 3000 tokens
+    gns = write_run(tmp_path / "g", [(10, 1000, 2.4), (30, 5000, 1.6)])
+    result = time_to_loss.frontier([("fixed16", small), ("fixed64", large), ("gns", gns)], 2.0, None, None)
+    arms = result["arms"]
+    assert arms["fixed16"]["steps_to_target"] == pytest.approx(35) and arms["fixed16"]["tokens_to_target"] == pytest.approx(3500)
+    assert arms["fixed64"]["steps_to_target"] == pytest.approx(12.5) and arms["fixed64"]["tokens_to_target"] == pytest.approx(5000)
+    assert arms["gns"]["steps_to_target"] == pytest.approx(20) and arms["gns"]["tokens_to_target"] == pytest.approx(3000)
+    # the frontier at 20 steps, on the straight line between the fixed points in log-log axes
+    f = math.log(20 / 12.5) / math.log(35 / 12.5)
+    expected = 5000 * (3500 / 5000) ** f
+    assert arms["gns"]["frontier_tokens_at_same_steps"] == pytest.approx(expected)
+    assert arms["gns"]["token_saving_vs_frontier"] == pytest.approx(1 - 3000 / expected)
+    assert "token_saving_vs_frontier" not in arms["fixed16"]
+
+
+def test_frontier_default_target_is_reached_by_every_arm_and_extrapolation_is_refused(tmp_path):
+    a = write_run(tmp_path / "a", [(10, 1000, 3.0), (20, 2000, 2.0)])
+    b = write_run(tmp_path / "b", [(10, 4000, 2.8), (20, 8000, 2.5)])
+    c = write_run(tmp_path / "c", [(100, 500, 2.9), (200, 900, 2.4)])  # 200 steps: beyond every fixed arm
+    result = time_to_loss.frontier([("fixed1", a), ("fixed4", b), ("linear", c)], None, None, None)
+    assert result["target"] == pytest.approx(2.5)  # the highest final loss
+    assert result["arms"]["fixed4"]["steps_to_target"] == pytest.approx(20)
+    assert math.isnan(result["arms"]["linear"]["token_saving_vs_frontier"])
+
+
+def test_ln_proxy_summary_on_a_known_ratio(tmp_path):
+    rng = random.Random(0)
+    ratio_start, ratio_end, diag = 2.0, 3.0, []
+    for i in range(40):
+        ln = math.exp(rng.uniform(0, 3))  # spans up to 20x
+        ratio = ratio_start + (ratio_end - ratio_start) * i / 39
+        diag.append({"step": 10 * (i + 1), "gns/full_model_ln_b_simple": ln, "gns/full_model_b_simple": ratio * ln,
+                     "gns/b_simple": ln})
+    run = write_run(tmp_path / "r", [(400, 1e6, 3.0)], diag)
+    s = ln_proxy.summarize(run)
+    full = [d["gns/full_model_b_simple"] for d in diag]
+    assert s["diagnostic_steps"] == 40 and s["positive_pairs"] == 40
+    assert s["full_b_simple_range"] == pytest.approx(max(full) / min(full))
+    assert s["full_over_ln_drift"] == pytest.approx(ratio_end / ratio_start)
+    assert s["final_full_over_ln"] == pytest.approx(ratio_end)
+    assert s["full_over_ln_at_quarters"][-1] == pytest.approx(ratio_end)
+    xs = [math.log(d["gns/full_model_ln_b_simple"]) for d in diag]
+    ys = [math.log(v) for v in full]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    r = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / math.sqrt(
+        sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys))
+    assert s["pearson_log_ln_vs_full"] == pytest.approx(r)
+    assert 0.9 < r < 1.0  # a drifting ratio lowers r below 1

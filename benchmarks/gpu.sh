@@ -104,7 +104,7 @@ case "$job" in
     : > "$OUT/ln_proxy.log"
     if [ "${SCALE:-small}" = large ]; then
       python benchmarks/time_to_loss.py prepare /tmp/ttl_corpus --max_chars "${CHARS:-200000000}" 2>&1 | tail -n 1 | tee -a "$OUT/ln_proxy.log"
-      shape="--hidden_size ${HIDDEN:-768} --num_hidden_layers ${LAYERS:-12} --num_attention_heads ${HEADS:-12} --block_size ${BLOCK:-1024} --per_device_train_batch_size ${BATCH:-8} --torch_compile --learning_rate ${LR:-6e-4} --warmup_steps 0.05 --dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer --preprocessing_num_workers ${WORKERS:-8} --full_model_every ${FULL_EVERY:-50} --save_steps ${SAVE_STEPS:-1000} --eval_steps ${EVAL_STEPS:-1000}"
+      shape="--hidden_size ${HIDDEN:-768} --num_hidden_layers ${LAYERS:-12} --num_attention_heads ${HEADS:-12} --block_size ${BLOCK:-1024} --per_device_train_batch_size ${BATCH:-8} --torch_compile --learning_rate ${LR:-6e-4} --warmup_steps 0.05 --dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer --preprocessing_num_workers ${WORKERS:-8} --full_model_every ${FULL_EVERY:-25} --save_steps ${SAVE_STEPS:-1000} --eval_steps ${EVAL_STEPS:-1000}"
     else
       shape="--hidden_size 256 --num_hidden_layers 4 --num_attention_heads 4 --block_size 256 --per_device_train_batch_size 16 --learning_rate 1e-3 --max_train_chars 0 --full_model_every 10 --eval_steps 250"
     fi

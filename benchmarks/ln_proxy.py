@@ -2,13 +2,20 @@
 `examples/train_lm.py --full_model_every K` (each diagnostic step measures, exactly and on the
 same micro-batch, the whole model's per-example gradients and the norm layers' alone).
 
-    python benchmarks/ln_proxy.py RUN_DIR [RUN_DIR ...] [--json out.json]
+    python benchmarks/ln_proxy.py RUN_DIR [RUN_DIR ...] [--window 10] [--json out.json] [--plot out.png]
 
-Reports, per run, the Pearson correlation of log B_simple (EMA-smoothed, norm layers vs whole
-model, over the diagnostic steps), how far the whole model's B_simple moved (max / min), the
-ratio whole/norm at the end and its drift over training (the ratio at each quarter of the
-diagnostic steps), and the same correlation for the kernel-measured norm-layer B_simple of the
-full optimizer step. ``--plot out.png`` draws both B_simple series and their ratio against tokens.
+Two views of B_simple = tr(Sigma) / |G|^2 per run, norm layers vs whole model:
+
+- windowed: consecutive diagnostic steps grouped ``--window`` at a time, B_simple of each group as
+  the ratio of its mean tr(Sigma) to its mean |G|^2 estimate (local in training time; needs the
+  step estimates ``gns/full_model*_step_g2`` / ``_step_trace_sigma`` that hf_gns logs);
+- EMA: the callback's smoothed values (its decay applies per diagnostic step, so with a diagnostic
+  every K steps the EMA averages over a K-times longer stretch of training than the kernel's).
+
+For each: the Pearson correlation of log B_simple, how far the whole model's B_simple moved
+(max / min), and the ratio whole / norm layers over training (at each quarter, and max / min:
+its drift; a policy's ``k`` absorbs a constant ratio, not a drifting one). Also the correlation of
+the kernel-measured norm-layer EMA of every optimizer step with the whole-model EMA.
 """
 
 from __future__ import annotations
@@ -30,34 +37,58 @@ def pearson(xs: list[float], ys: list[float]) -> float:
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
 
 
-def summarize(run_dir: str) -> dict:
-    rows = [json.loads(line) for line in open(os.path.join(run_dir, "gns_history.jsonl"))]
-    diag = [r for r in rows if "gns/full_model_b_simple" in r]
-
-    def series(key_a: str, key_b: str):
-        pairs = [(r[key_a], r[key_b]) for r in diag if r.get(key_a, -1) > 0 and r.get(key_b, -1) > 0]
-        return [math.log(a) for a, _ in pairs], [math.log(b) for _, b in pairs], pairs
-
-    ln_x, full_y, pairs = series("gns/full_model_ln_b_simple", "gns/full_model_b_simple")
-    k_x, k_full, k_pairs = series("gns/b_simple", "gns/full_model_b_simple")
+def _ratios_view(pairs: list[tuple[float, float]]) -> dict:
+    """Correlation, range and ratio drift of (norm layers, whole model) B_simple pairs."""
+    pairs = [(a, b) for a, b in pairs if a > 0 and b > 0]
     full = [b for _, b in pairs]
     ratios = [b / a for a, b in pairs]
     quarters = [ratios[min(len(ratios) - 1, (q * len(ratios)) // 4)] for q in range(1, 5)] if ratios else []
     return {
-        "run": run_dir, "diagnostic_steps": len(diag), "positive_pairs": len(pairs),
-        "full_b_simple_range": max(full) / min(full) if full else math.nan,
-        "full_over_ln_at_quarters": quarters,
-        "full_over_ln_drift": max(ratios) / min(ratios) if ratios else math.nan,
-        "pearson_log_ln_vs_full": pearson(ln_x, full_y),
-        "pearson_log_kernel_ln_vs_full": pearson(k_x, k_full),
-        "final_full_over_ln": pairs[-1][1] / pairs[-1][0] if pairs else math.nan,
-        "final_full_over_kernel_ln": k_pairs[-1][1] / k_pairs[-1][0] if k_pairs else math.nan,
-        "final_full_b_simple": pairs[-1][1] if pairs else math.nan,
-        "final_ln_b_simple": pairs[-1][0] if pairs else math.nan,
+        "points": len(pairs),
+        "pearson_log": pearson([math.log(a) for a, _ in pairs], [math.log(b) for _, b in pairs]),
+        "full_range": max(full) / min(full) if full else math.nan,
+        "ratio_at_quarters": quarters,
+        "ratio_drift": max(ratios) / min(ratios) if ratios else math.nan,
+        "final_ratio": ratios[-1] if ratios else math.nan,
+        "final_full": pairs[-1][1] if pairs else math.nan,
+        "final_ln": pairs[-1][0] if pairs else math.nan,
     }
 
 
-def plot(runs: list[str], path: str) -> None:
+def windowed(diag: list[dict], key: str, size: int) -> list[tuple[float, float]]:
+    """(mean tokens, B_simple) of each group of ``size`` consecutive diagnostic steps, B_simple as the
+    ratio of the group's mean tr(Sigma) and mean |G|^2 estimates (nan when that mean is not positive)."""
+    out = []
+    for i in range(0, len(diag) - size + 1, size):
+        group = diag[i:i + size]
+        g2 = [r.get(f"gns/{key}_step_g2") for r in group]
+        trace = [r.get(f"gns/{key}_step_trace_sigma") for r in group]
+        if any(v is None or v != v for v in g2 + trace):
+            continue
+        tokens = sum(r.get("gns/tokens", r["step"]) for r in group) / size
+        out.append((tokens, sum(trace) / sum(g2) if sum(g2) > 0 else math.nan))
+    return out
+
+
+def summarize(run_dir: str, window: int = 10) -> dict:
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "gns_history.jsonl"))]
+    diag = [r for r in rows if "gns/full_model_b_simple" in r]
+    ema = _ratios_view([(r["gns/full_model_ln_b_simple"], r["gns/full_model_b_simple"]) for r in diag])
+    kernel = _ratios_view([(r.get("gns/b_simple", math.nan), r["gns/full_model_b_simple"]) for r in diag])
+    ln_w, full_w = windowed(diag, "full_model_ln", window), windowed(diag, "full_model", window)
+    win = _ratios_view([(a, b) for (_, a), (_, b) in zip(ln_w, full_w)])
+    return {"run": run_dir, "diagnostic_steps": len(diag), "window": window, "windowed": win, "ema": ema,
+            "pearson_log_kernel_ema_vs_full_ema": kernel["pearson_log"]}
+
+
+def _describe(view: dict) -> str:
+    return (f"r(log) {view['pearson_log']:.3f} over {view['points']} points; whole-model B_simple moved "
+            f"{view['full_range']:.3g}x; final whole {view['final_full']:.3g} / norms {view['final_ln']:.3g} "
+            f"= {view['final_ratio']:.3g}; ratio at each quarter {[round(q, 3) for q in view['ratio_at_quarters']]} "
+            f"(max/min {view['ratio_drift']:.3g})")
+
+
+def plot(runs: list[str], path: str, window: int = 10) -> None:
     """One row per run: B_simple of the norm layers and of the whole model (log scale, examples)
     against tokens, and their ratio."""
     import matplotlib
@@ -68,21 +99,32 @@ def plot(runs: list[str], path: str) -> None:
     fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.6 * len(runs)), squeeze=False)
     for row, run_dir in zip(axes, runs):
         diag = [json.loads(line) for line in open(os.path.join(run_dir, "gns_history.jsonl"))]
-        diag = [r for r in diag if r.get("gns/full_model_b_simple", -1) > 0 and r.get("gns/full_model_ln_b_simple", -1) > 0]
+        diag = [r for r in diag if "gns/full_model_b_simple" in r]
+        shown = [r for r in diag if r["gns/full_model_b_simple"] > 0 and r["gns/full_model_ln_b_simple"] > 0]
         has_tokens = all("gns/tokens" in r for r in diag)
-        tokens = [r["gns/tokens"] / 1e6 if has_tokens else r["step"] for r in diag]
-        full = [r["gns/full_model_b_simple"] for r in diag]
-        ln = [r["gns/full_model_ln_b_simple"] for r in diag]
+        tokens = [r["gns/tokens"] / 1e6 if has_tokens else r["step"] for r in shown]
+        full = [r["gns/full_model_b_simple"] for r in shown]
+        ln = [r["gns/full_model_ln_b_simple"] for r in shown]
         name = os.path.basename(os.path.normpath(run_dir))
-        row[0].plot(tokens, full, label="whole model")
-        row[0].plot(tokens, ln, label="norm layers only")
+        row[0].plot(tokens, full, color="C0", alpha=0.5, label="whole model, EMA")
+        row[0].plot(tokens, ln, color="C1", alpha=0.5, label="norm layers only, EMA")
+        ln_w, full_w = windowed(diag, "full_model_ln", window), windowed(diag, "full_model", window)
+        scale = 1e6 if has_tokens else 1
+        if ln_w:
+            row[0].plot([t / scale for t, _ in full_w], [b for _, b in full_w], "o-", color="C0",
+                        label=f"whole model, windows of {window} diagnostics")
+            row[0].plot([t / scale for t, _ in ln_w], [b for _, b in ln_w], "s-", color="C1",
+                        label=f"norm layers, windows of {window}")
+            row[1].plot([t / scale for t, _ in full_w], [f / n for (_, f), (_, n) in zip(full_w, ln_w)], "o-",
+                        color="C2", label="windows")
         row[0].set_yscale("log")
         row[0].set_ylabel("B_simple (examples)")
-        row[0].set_title(f"{name}: B_simple (EMA), exact per-example gradients")
-        row[0].legend()
-        row[1].plot(tokens, [f / n for f, n in zip(full, ln)])
+        row[0].set_title(f"{name}: B_simple, exact per-example gradients")
+        row[0].legend(fontsize=8)
+        row[1].plot(tokens, [f / n for f, n in zip(full, ln)], color="C2", alpha=0.5, label="EMA")
+        row[1].legend(fontsize=8)
         row[1].set_ylabel("whole / norm layers")
-        row[1].set_title(f"{name}: ratio")
+        row[1].set_title(f"{name}: ratio whole model / norm layers")
         for ax in row:
             ax.set_xlabel("tokens trained (millions)" if has_tokens else "optimizer step")
             ax.grid(alpha=0.3)
@@ -93,20 +135,21 @@ def plot(runs: list[str], path: str) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+")
+    ap.add_argument("--window", type=int, default=10, help="diagnostic steps per window (windowed view)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None, help="PNG: B_simple (norm layers, whole model) and their ratio vs tokens")
     args = ap.parse_args(argv)
-    out = [summarize(r) for r in args.runs]
+    if args.window < 1:
+        ap.error(f"--window={args.window}: expected a positive number of diagnostic steps")
+    out = [summarize(r, args.window) for r in args.runs]
     if args.plot:
-        plot(args.runs, args.plot)
+        plot(args.runs, args.plot, args.window)
     for s in out:
-        print(f"{s['run']}: {s['diagnostic_steps']} diagnostic steps ({s['positive_pairs']} with both > 0); "
-              f"Pearson r of log B_simple, norm layers vs whole model: {s['pearson_log_ln_vs_full']:.3f} "
-              f"(kernel-measured step EMA vs whole: {s['pearson_log_kernel_ln_vs_full']:.3f}); "
-              f"final B_simple whole {s['final_full_b_simple']:.3g}, norms {s['final_ln_b_simple']:.3g}, "
-              f"ratio {s['final_full_over_ln']:.3g}; whole-model B_simple moved {s['full_b_simple_range']:.3g}x; "
-              f"ratio whole/norms at each quarter {[round(q, 3) for q in s['full_over_ln_at_quarters']]} "
-              f"(max/min {s['full_over_ln_drift']:.3g})")
+        print(f"{s['run']}: {s['diagnostic_steps']} diagnostic steps")
+        print(f"  windowed ({s['window']} diagnostics each): {_describe(s['windowed'])}")
+        print(f"  EMA: {_describe(s['ema'])}")
+        print(f"  kernel-measured norm-layer EMA (every step) vs whole-model EMA: r(log) "
+              f"{s['pearson_log_kernel_ema_vs_full_ema']:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -261,6 +261,9 @@ class GNSCallback(MeterViews, TrainerCallback):
                 self.full_trackers[key].update(est)
                 values[f"{self.prefix}{key}_b_simple"] = self.full_trackers[key].b_simple
                 values[f"{self.prefix}{key}_step_b_simple"] = est.b_simple
+                # the step's estimates themselves, so that any window can be averaged afterwards
+                values[f"{self.prefix}{key}_step_g2"] = est.g2
+                values[f"{self.prefix}{key}_step_trace_sigma"] = est.trace_sigma
             self._full_values = values
         except (NotEstimable, ValueError) as error:
             logger.warning("hf_gns: whole-model measurement skipped: %s", error)

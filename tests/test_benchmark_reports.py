@@ -63,25 +63,46 @@ def test_frontier_default_target_is_reached_by_every_arm_and_extrapolation_is_re
 
 
 def test_ln_proxy_summary_on_a_known_ratio(tmp_path):
-    rng = random.Random(0)
-    ratio_start, ratio_end, diag = 2.0, 3.0, []
-    for i in range(40):
-        ln = math.exp(rng.uniform(0, 3))  # spans up to 20x
-        ratio = ratio_start + (ratio_end - ratio_start) * i / 39
-        diag.append({"step": 10 * (i + 1), "gns/full_model_ln_b_simple": ln, "gns/full_model_b_simple": ratio * ln,
-                     "gns/b_simple": ln})
+    """Step estimates drawn with a known ratio of tr(Sigma)/|G|^2 (whole over norm layers), drifting
+    from 2 to 3 over training: the windowed view recovers each window's ratio of means exactly, the
+    EMA view its own values."""
+    rng = random.Random()
+    n, window, diag = 40, 5, []
+    for i in range(n):
+        g2_ln, g2_full = rng.uniform(0.5, 2), rng.uniform(0.5, 2)
+        b_ln = math.exp(rng.uniform(0, 3))  # spans up to 20x
+        ratio = 2.0 + i / (n - 1)
+        diag.append({"step": 10 * (i + 1), "gns/tokens": 1000.0 * (i + 1),
+                     "gns/full_model_ln_step_g2": g2_ln, "gns/full_model_ln_step_trace_sigma": b_ln * g2_ln,
+                     "gns/full_model_step_g2": g2_full, "gns/full_model_step_trace_sigma": ratio * b_ln * g2_full,
+                     "gns/full_model_ln_b_simple": b_ln, "gns/full_model_b_simple": ratio * b_ln, "gns/b_simple": b_ln})
+    diag[-1]["gns/full_model_step_g2"] = -1.0  # a negative |G|^2 estimate is averaged, not dropped
     run = write_run(tmp_path / "r", [(400, 1e6, 3.0)], diag)
-    s = ln_proxy.summarize(run)
-    full = [d["gns/full_model_b_simple"] for d in diag]
-    assert s["diagnostic_steps"] == 40 and s["positive_pairs"] == 40
-    assert s["full_b_simple_range"] == pytest.approx(max(full) / min(full))
-    assert s["full_over_ln_drift"] == pytest.approx(ratio_end / ratio_start)
-    assert s["final_full_over_ln"] == pytest.approx(ratio_end)
-    assert s["full_over_ln_at_quarters"][-1] == pytest.approx(ratio_end)
-    xs = [math.log(d["gns/full_model_ln_b_simple"]) for d in diag]
-    ys = [math.log(v) for v in full]
+    s = ln_proxy.summarize(run, window)
+    windows = []
+    for i in range(0, n, window):
+        group = diag[i:i + window]
+        ln = sum(r["gns/full_model_ln_step_trace_sigma"] for r in group) / sum(r["gns/full_model_ln_step_g2"] for r in group)
+        full = sum(r["gns/full_model_step_trace_sigma"] for r in group) / sum(r["gns/full_model_step_g2"] for r in group)
+        windows.append((ln, full))
+    win = s["windowed"]
+    assert win["points"] == n // window
+    assert win["final_ratio"] == pytest.approx(windows[-1][1] / windows[-1][0])
+    assert win["full_range"] == pytest.approx(max(f for _, f in windows) / min(f for _, f in windows))
+    assert win["ratio_drift"] == pytest.approx(max(f / l for l, f in windows) / min(f / l for l, f in windows))
+    xs, ys = [math.log(l) for l, _ in windows], [math.log(f) for _, f in windows]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     r = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / math.sqrt(
         sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys))
-    assert s["pearson_log_ln_vs_full"] == pytest.approx(r)
-    assert 0.9 < r < 1.0  # a drifting ratio lowers r below 1
+    assert win["pearson_log"] == pytest.approx(r)
+    ema = s["ema"]
+    assert ema["points"] == n and ema["final_ratio"] == pytest.approx(3.0)
+    assert ema["ratio_drift"] == pytest.approx(1.5) and ema["ratio_at_quarters"][-1] == pytest.approx(3.0)
+    assert s["pearson_log_kernel_ema_vs_full_ema"] == pytest.approx(ema["pearson_log"])
+
+
+def test_ln_proxy_without_step_estimates_reports_no_windows(tmp_path):
+    diag = [{"step": i, "gns/full_model_ln_b_simple": 1.0 + i, "gns/full_model_b_simple": 2.0 + i} for i in range(1, 30)]
+    s = ln_proxy.summarize(write_run(tmp_path / "old", [(29, 100, 3.0)], diag))
+    assert s["windowed"]["points"] == 0 and math.isnan(s["windowed"]["pearson_log"])
+    assert s["ema"]["points"] == 29

@@ -75,6 +75,12 @@ def test_trainer_full_model_every(tmp_path, compiled):
     for h in measured:  # GA = 1: the step's only micro-batch, measured two ways
         want, got = h["gns/step_b_simple"], h["gns/full_model_ln_step_b_simple"]
         assert (got != got and want != want) or _close(got, want, 1e-3), h
+        # the step's |G|^2 and tr(Sigma) estimates are logged too (windows are averaged from them)
+        for part in ("g2", "trace_sigma"):
+            assert _close(h[f"gns/full_model_ln_step_{part}"], h[f"gns/step_{part}"], 1e-3), (part, h)
+            assert h[f"gns/full_model_step_{part}"] == h[f"gns/full_model_step_{part}"]
+        assert _close(h["gns/full_model_step_trace_sigma"] / h["gns/full_model_step_g2"],
+                      h["gns/full_model_step_b_simple"], 1e-9) or h["gns/full_model_step_g2"] <= 0
     # the diagnostic's extra passes count neither examples nor tokens: 12 tokens per example
     for h in callback.history:
         assert h["gns/examples"] == 4

@@ -21,6 +21,8 @@
 #   time_to_loss_large  the same at a Chinchilla-optimal 10.5M-parameter scale: fixed batches, linear
 #                and GNS-driven arms spread over the GPUs, tokens and steps to a common target against
 #                the fixed-batch frontier (SEED=1, TOKENS=210000000, ARMS="fixed32 fixed128 fixed512 linear gns")
+#   critical_batch  benchmarks/critical_batch.py: branches at several batches from checkpoints of a
+#                time_to_loss_large arm, the critical batch measured directly vs B_simple
 #   multi    both examples under `accelerate launch --num_processes 2` (2 GPUs, NCCL, bf16)
 # Logs and JSON go to ${OUT:-/tmp/out}. SRC=<checkout> runs the hf_gns (and examples/) of another
 # checkout (default: this repository). Wheels carried in .whl/ (datasets, dill, multiprocess,
@@ -38,7 +40,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$SRC${PYTHONPATH:+:$PYTHONPATH}
 fi
-jobs="env, trainer, profile, host, kernels, tests, modes, distributed, ln_proxy, time_to_loss, time_to_loss_large, multi"
+jobs="env, trainer, profile, host, kernels, tests, modes, distributed, ln_proxy, time_to_loss, time_to_loss_large, critical_batch, multi"
 job=${1:?usage: bash benchmarks/gpu.sh JOB [args...], JOB one of: $jobs}
 shift
 # a run's summary lines (the examples print them at the end)
@@ -52,6 +54,25 @@ run_logged() {
   start=$(date +%s)
   timeout "$limit" $cmd 2>&1 | grep -E "$summary" | tee -a "$log" || true
   echo "wall: $(( $(date +%s) - start ))s" | tee -a "$log"
+}
+
+# the Chinchilla-sized time-to-loss setting (jobs time_to_loss_large and critical_batch): corpus,
+# common train_lm arguments and each arm's arguments (arm_args ARM)
+ttl_large_setup() {
+  tokens=${TOKENS:-210000000} mb=${MB:-32} top=${MAX_BATCH:-512} seed=${SEED:-1} block=${BLOCK:-512}
+  python benchmarks/time_to_loss.py prepare /tmp/ttl_corpus --max_chars "${CHARS:-400000000}" 2>&1 | tail -n 1 | tee -a "$OUT/ttl.log"
+  common="--dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer --hidden_size ${HIDDEN:-256} --num_hidden_layers ${LAYERS:-8} --num_attention_heads ${HEADS:-4} --block_size $block --per_device_train_batch_size $mb --learning_rate ${LR:-2e-3} --warmup_steps 0.05 --bf16 --torch_compile --logging_steps 50 --no_report --max_eval_samples ${EVAL_BLOCKS:-512} --preprocessing_num_workers 8 --seed $seed"
+  arm_args() {
+    local arm=$1 steps
+    case "$arm" in
+      fixed*) local b=${arm#fixed}; steps=$((tokens / (b * block)))
+              echo "--gradient_accumulation_steps $((b / mb)) --max_steps $steps --eval_steps $((steps / 40 + 1)) --batch_size_policy steps:0:$b" ;;
+      linear) steps=$((tokens / (mb * block)))
+              echo "--max_steps $steps --eval_steps $((steps / 60 + 1)) --batch_size_policy linear:$mb:$top" ;;
+      gns)    steps=$((tokens / (mb * block)))
+              echo "--max_steps $steps --eval_steps $((steps / 60 + 1)) --batch_size_policy gns:min=$mb,max=$top" ;;
+    esac
+  }
 }
 
 case "$job" in
@@ -129,20 +150,7 @@ case "$job" in
     # (default 210M, 20 per parameter) of the site-packages corpus (CHARS characters); arms (ARMS,
     # batches in sequences of 512 tokens): fixed batches, the linear schedule and the GNS-driven policy,
     # spread over the visible GPUs (each GPU runs its arms one after another); one seed per call (SEED).
-    tokens=${TOKENS:-210000000} mb=${MB:-32} top=${MAX_BATCH:-512} seed=${SEED:-1} block=${BLOCK:-512}
-    python benchmarks/time_to_loss.py prepare /tmp/ttl_corpus --max_chars "${CHARS:-400000000}" 2>&1 | tail -n 1 | tee -a "$OUT/ttl.log"
-    common="--dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer --hidden_size ${HIDDEN:-256} --num_hidden_layers ${LAYERS:-8} --num_attention_heads ${HEADS:-4} --block_size $block --per_device_train_batch_size $mb --learning_rate ${LR:-2e-3} --warmup_steps 0.05 --bf16 --torch_compile --logging_steps 50 --no_report --max_eval_samples ${EVAL_BLOCKS:-512} --preprocessing_num_workers 8 --seed $seed"
-    arm_args() {
-      local arm=$1 steps
-      case "$arm" in
-        fixed*) local b=${arm#fixed}; steps=$((tokens / (b * block)))
-                echo "--gradient_accumulation_steps $((b / mb)) --max_steps $steps --eval_steps $((steps / 40 + 1)) --batch_size_policy steps:0:$b" ;;
-        linear) steps=$((tokens / (mb * block)))
-                echo "--max_steps $steps --eval_steps $((steps / 60 + 1)) --batch_size_policy linear:$mb:$top" ;;
-        gns)    steps=$((tokens / (mb * block)))
-                echo "--max_steps $steps --eval_steps $((steps / 60 + 1)) --batch_size_policy gns:min=$mb,max=$top" ;;
-      esac
-    }
+    ttl_large_setup
     gpus=$(python -c "import torch; print(max(1, torch.cuda.device_count()))")
     arms=(${ARMS:-fixed32 fixed128 fixed512 linear gns})
     for ((g = 0; g < gpus; g++)); do
@@ -160,6 +168,27 @@ case "$job" in
     python benchmarks/time_to_loss.py frontier $(for arm in "${arms[@]}"; do echo "$arm=/tmp/runs/ttl_${arm}_$seed"; done) \
       --json "$OUT/ttl_frontier_$seed.json" --plot "$OUT/ttl_frontier_$seed.png" | tee -a "$OUT/ttl.log"
     tgz ttl_runs_$seed.tgz $(cd /tmp/runs && ls -d ttl_*_$seed)
+    ;;
+  critical_batch)
+    # one time_to_loss_large arm (ARM, default fixed128; SEED) trained again with checkpoints every
+    # SAVE_STEPS steps and the whole model measured every 25 steps, then branches from the checkpoints
+    # at CKPTS (steps) at each batch of BATCHES with BRANCH_TOKENS tokens each, at the run's LR there.
+    # The run may be cut by RUN_TIMEOUT once the last of CKPTS is saved (each save writes its history).
+    ttl_large_setup
+    arm=${ARM:-fixed128}
+    run=/tmp/runs/cb_${arm}_$seed
+    cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") --save_steps ${SAVE_STEPS:-200} --full_model_every 25 --output_dir $run --cache_dir /tmp/cache_gpu0 $*"
+    run_logged "$OUT/cb.log" "${RUN_TIMEOUT:-300}" "$cmd"
+    files=()
+    for ckpt in ${CKPTS:-200 600 1000}; do
+      python benchmarks/critical_batch.py branch "$run/checkpoint-$ckpt" --dataset_name /tmp/ttl_corpus \
+        --tokenizer_name /tmp/ttl_corpus/tokenizer --cache_dir /tmp/cache_gpu0 --block_size "$block" --micro_batch "$mb" \
+        --batches "${BATCHES:-32,64,128,256,512}" --tokens "${BRANCH_TOKENS:-10000000}" --bf16 --compile \
+        --out "$OUT/cb_branch_$ckpt.json" 2>&1 | grep -E '^\{|Error|error' | tee -a "$OUT/cb.log"
+      files+=("$OUT/cb_branch_$ckpt.json")
+    done
+    python benchmarks/critical_batch.py report "$run" "${files[@]}" --json "$OUT/cb_report.json" --plot "$OUT/cb.png" | tee -a "$OUT/cb.log"
+    tgz cb_runs.tgz "$(basename "$run")"
     ;;
   time_to_loss)
     tokens=${TOKENS:-16000000}

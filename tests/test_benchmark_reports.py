@@ -106,3 +106,28 @@ def test_ln_proxy_without_step_estimates_reports_no_windows(tmp_path):
     s = ln_proxy.summarize(write_run(tmp_path / "old", [(29, 100, 3.0)], diag))
     assert s["windowed"]["points"] == 0 and math.isnan(s["windowed"]["pearson_log"])
     assert s["ema"]["points"] == 29
+
+
+def test_critical_batch_is_the_largest_batch_that_keeps_up():
+    import critical_batch
+
+    rows = [{"batch": 32, "eval_loss": 3.000}, {"batch": 64, "eval_loss": 3.004}, {"batch": 128, "eval_loss": 3.009},
+            {"batch": 256, "eval_loss": 3.050}, {"batch": 512, "eval_loss": 3.005}]  # 512 catching up again does not count
+    assert critical_batch.critical_batch(rows, 0.01) == 128
+    assert critical_batch.critical_batch(rows, 0.001) == 32
+    assert critical_batch.critical_batch(list(reversed(rows)), 0.1) == 512
+
+
+def test_critical_batch_report_reads_b_simple_at_each_checkpoint(tmp_path):
+    import critical_batch
+
+    history = [{"step": s, "gns/tokens": 1000.0 * s, "gns/b_simple": float(s)} for s in range(1, 31)]
+    history[9].update({"gns/full_model_b_simple": 40.0, "gns/full_model_ln_b_simple": 9.0})
+    run = write_run(tmp_path / "run", [(30, 30000, 3.0)], history)
+    branch = tmp_path / "b.json"
+    branch.write_text(json.dumps({"step": 12, "lr": 1e-3, "tokens": 5000, "branches": [
+        {"batch": 8, "eval_loss": 2.5}, {"batch": 16, "eval_loss": 2.505}, {"batch": 32, "eval_loss": 2.6}]}))
+    (row,) = critical_batch.report(run, [str(branch)], 0.01, None, None)
+    assert row["critical_batch"] == 16 and row["tokens"] == 12000
+    assert row["norm_layers_kernel"] == 12.0  # the value at the checkpoint's step
+    assert row["whole_model"] == 40.0 and row["norm_layers_diagnostic"] == 9.0  # the latest diagnostic before it

@@ -29,6 +29,10 @@ ARMS = {
     "gns": "GNS-driven batch, clamp(B_simple, 64, 256), only growing (`gns:min=64,max=256`)",
     "small": "fixed global batch 64 (context)",
 }
+LN_RUN_LARGE = {
+    "llama": ("Llama", "119.56M", "hidden 768, 12 layers, 12 heads, MLP 3072"),
+    "gpt2": ("GPT-2", "92.13M", "the GPT-2 124M shape, hidden 768, 12 layers, 12 heads, with a smaller vocabulary"),
+}
 FRONT_MATTER = "---\nlibrary_name: transformers\ntags:\n- hf_gns\n- gradient-noise-scale\n---\n"
 TTL_COMMAND = ("python examples/train_lm.py --dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer "
                "--hidden_size 96 --num_hidden_layers 2 --num_attention_heads 4 --block_size 128 "
@@ -72,6 +76,38 @@ Final validation loss: {evals[-1]:.4f}. Command: `bash benchmarks/gpu.sh ln_prox
         print(_write(os.path.join(out, name), header, run_dir, "gns.png"))
 
 
+def ln_large_cards(runs: str, out: str, label: str) -> None:
+    """Cards of `SCALE=large bash benchmarks/gpu.sh ln_proxy` runs (ln_llama, ln_gpt2 under ``runs``)."""
+    for key, (family, params, shape) in LN_RUN_LARGE.items():
+        run_dir = os.path.join(runs, f"ln_{key}")
+        if not os.path.isdir(run_dir):
+            continue
+        state = json.load(open(os.path.join(run_dir, "trainer_state.json")))
+        evals = [h["eval_loss"] for h in state["log_history"] if "eval_loss" in h]
+        name = f"ln-proxy-large-{key}{label}"
+        every = next(json.loads(line)["step"] for line in open(os.path.join(run_dir, "gns_history.jsonl"))
+                     if "gns/full_model_b_simple" in line)
+        header = FRONT_MATTER + f"""
+# {name}: a {params}-parameter {family} trained with hf_gns
+
+A {family}-style causal LM ({params} parameters; {shape}; context 1024, BPE vocabulary of 4096),
+built from a config and trained from scratch with the Hugging Face Trainer under `torch_compile=True`
+on 150M characters of Python source (the `.py` files of the GPU machine's site-packages, sorted, every
+50th file held out), 5000 steps of 8 sequences (41M tokens, under one epoch), AdamW at 6e-4 with 5%
+warm-up and cosine decay, bf16 autocast, on one H200. `GNSCallback(full_model_every={every})` measured
+every {every} steps, on that step's micro-batch, the exact per-example gradients of the whole model and of
+the normalization layers alone (one backward per example), to check that the norm layers' gradient
+noise scale predicts the whole model's.
+
+Final validation loss: {evals[-1]:.4f}. Command: `SCALE=large CHARS=150000000 STEPS=5000 bash
+benchmarks/gpu.sh ln_proxy`; figures: `benchmarks/RESULTS.md` (5b).
+
+![Loss](loss.png)
+
+"""
+        print(_write(os.path.join(out, name), header, run_dir, "gns.png"))
+
+
 def ttl_cards(runs: str, out: str) -> None:
     for report in sorted(glob.glob(os.path.join(runs, "ttl_*.json"))):
         seed = re.search(r"ttl_(\d+)\.json", report).group(1)
@@ -104,7 +140,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs")
     ap.add_argument("--out", default="model_cards")
+    ap.add_argument("--ln_large", default=None, help="label of the large LN-proxy runs in RUNS_DIR (their cards only)")
     args = ap.parse_args(argv)
+    if args.ln_large is not None:
+        ln_large_cards(args.runs, args.out, args.ln_large)
+        return
     ln_cards(args.runs, args.out)
     ttl_cards(args.runs, args.out)
 

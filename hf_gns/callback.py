@@ -122,7 +122,9 @@ class GNSCallback(MeterViews, TrainerCallback):
         batch_size: the old name of ``batch_size_policy`` (deprecated).
         full_model_every: every N optimizer steps, also measure the whole model's GNS and the
             normalization layers' on the step's last micro-batch, exactly (one backward per
-            example; slow): ``gns/full_model_*`` keys, to check the norm-layer proxy.
+            example; slow): ``gns/full_model_*`` keys, to check the norm-layer proxy. Each
+            measurement's ``*_step_g2`` / ``*_step_trace_sigma`` are logged too, to average over
+            windows of many measurements: one micro-batch cannot resolve a B_simple above its size.
         prefix: prefix of every logged key.
         history_file: name of the per-step JSON-lines history written to ``output_dir``
             on the main process (None to disable).

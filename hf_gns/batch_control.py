@@ -11,7 +11,8 @@ Because a growing batch makes optimizer steps unequal, the run is counted in tok
 schedule (the Trainer's LambdaLR, made to read step-equivalents = tokens / tokens of the
 first step), the policy, the token budget and ``state.max_steps``. Every input is the same
 on every rank (all ranks see micro-batches of one shape, and GNS is all-reduced), so all
-ranks take the same decision without another collective.
+ranks take the same decision without another collective. A checkpoint taken after a change
+resumes on the right micro-batch through `hf_gns.resume`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import asdict
 from torch.optim.lr_scheduler import LambdaLR
 from transformers.trainer_callback import ProgressCallback
 
+from . import resume
 from .estimator import GNSTracker
 from .schedule import POLICY_STATES, BatchSizePolicy, accumulation_for, make_policy, policy_state
 from .token_clock import LR_SCALINGS, LRScaling, TokenClock, scale_lr_for_batch, wrap_lambda_lr
@@ -73,8 +75,9 @@ class TrainerBatchControl:
 
     # -- wiring ----------------------------------------------------------------------------
     def on_train_begin(self, args, state, lr_scheduler=None, callbacks=(), saved: dict | None = None,
-                       train_dataloader=None) -> None:
-        """Start (or, with ``saved`` from a checkpoint, resume) controlling this run."""
+                       train_dataloader=None, trainer_step: int | None = None) -> None:
+        """Start (or, with ``saved`` from a checkpoint, resume) controlling this run. ``trainer_step``:
+        the step the Trainer placed the data from, when the checkpoint stored one (`hf_gns.resume`)."""
         self.micro_batch = args.per_device_train_batch_size * max(1, args.world_size)
         self._progress = next((c for c in callbacks if isinstance(c, ProgressCallback)), None)
         try:
@@ -82,9 +85,10 @@ class TrainerBatchControl:
         except TypeError:  # an iterable dataset
             self._micro_per_epoch = None
         if saved is not None:
-            self._resume_micro = self._trainer_resume_position(args, state)
+            step = state.global_step if trainer_step is None else trainer_step
+            self._resume_micro = self._trainer_resume_position(args, step)
             self.load_state_dict(saved)
-            self._restore(args, state)
+            self._restore(args, state, exact=trainer_step is not None)
         else:
             self.start_accumulation = self.accumulation = args.gradient_accumulation_steps
             self.clock.horizon = float(state.max_steps) if state.max_steps and state.max_steps > 0 else None
@@ -100,8 +104,9 @@ class TrainerBatchControl:
             logger.warning("hf_gns: batch-size control under several processes assumes every rank sees "
                            "micro-batches of one shape; set dataloader_drop_last=True")
 
-    def _trainer_resume_position(self, args, state) -> int:
-        """Micro-batches of the current epoch the Trainer skips on resume (its own arithmetic)."""
+    def _trainer_resume_position(self, args, global_step: int) -> int:
+        """Micro-batches of the current epoch the Trainer skips on resume from ``global_step`` (its own
+        arithmetic)."""
         if args.ignore_data_skip:
             return 0
         ga = args.gradient_accumulation_steps  # the Trainer computed its skip with the starting count
@@ -109,7 +114,7 @@ class TrainerBatchControl:
             per_epoch = max(self._micro_per_epoch // ga + int(self._micro_per_epoch % ga > 0), 1)
         else:
             per_epoch = max(args.max_steps, 1)
-        return (state.global_step % per_epoch) * ga
+        return (global_step % per_epoch) * ga
 
     def _wrap_scheduler(self, scheduler) -> None:
         inner = wrap_lambda_lr(scheduler, self.clock)
@@ -234,16 +239,23 @@ class TrainerBatchControl:
         self.start_accumulation = data["start_accumulation"]
         self.micro_in_epoch, self.changes = data["micro_in_epoch"], data["changes"]
 
-    def _restore(self, args, state) -> None:
+    def trainer_step(self, state) -> int | None:
+        """The step count a checkpoint taken now must show the Trainer so that it resumes on the
+        micro-batch this run is at (see `hf_gns.resume`); None when no step count does."""
+        return resume.trainer_step(self.micro_in_epoch, self._micro_per_epoch, state.epoch or 0.0,
+                                   self.start_accumulation)
+
+    def _restore(self, args, state, exact: bool = False) -> None:
         """Continue a resumed run with the accumulation count its checkpoint had."""
         args.gradient_accumulation_steps = self.accumulation
         planned = state.global_step * self.start_accumulation
-        if self.accumulation != self.start_accumulation:
+        if self.accumulation != self.start_accumulation and not exact:
             logger.warning(
                 "hf_gns: resuming after the accumulation count changed (%d -> %d). The Trainer places the data "
                 "as if every step had %d micro-batches (%d in all), while this epoch had consumed %d: the data "
                 "order differs from the uninterrupted run from here on (LR, batch size, EMAs and budget "
-                "continue exactly). Checkpoints taken before the first change resume exactly.",
+                "continue exactly). Checkpoints taken before the first change resume exactly, and so do later "
+                "ones saved with hf_gns.attach(trainer) from a dataset of known length.",
                 self.start_accumulation, self.accumulation, self.start_accumulation, planned, self.micro_in_epoch)
 
 

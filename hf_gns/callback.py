@@ -20,6 +20,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import ParallelMode
 
+from . import resume
 from .batch_control import STATE_FILE, TrainerBatchControl, load_state, save_state
 from .distributed import sum_over_ranks
 from .estimator import GNSTracker, NotEstimable, estimate
@@ -203,12 +204,29 @@ class GNSCallback(MeterViews, TrainerCallback):
                 from .full_model import InputKeeper
 
                 self._inputs = InputKeeper(model)
+        step_for_trainer = self._restore_real_step(state)
         saved = self._load_checkpoint_state(args, state)
         if self.control is not None:
             self.control.on_train_begin(args, state, kwargs.get("lr_scheduler"),
                                         self.trainer.callback_handler.callbacks if self.trainer is not None else (),
                                         saved.get("batch_control") if saved else None,
-                                        kwargs.get("train_dataloader"))
+                                        kwargs.get("train_dataloader"), step_for_trainer)
+
+    def _restore_real_step(self, state: TrainerState) -> int | None:
+        """On resume from a checkpoint saved after the batch grew (`hf_gns.resume`): the real step
+        back into ``state``; returns the step the Trainer placed the data from (None otherwise)."""
+        marked = resume.marked_steps(state)
+        if marked is None:
+            return None
+        real, step_for_trainer = marked
+        if self.trainer is None:
+            raise RuntimeError(
+                f"hf_gns: this checkpoint was saved after the batch grew, with hf_gns.attach, at step {real}; the "
+                f"Trainer read it as step {step_for_trainer} to place the data exactly. Resume with "
+                "hf_gns.attach(trainer) as well (GNSCallback given in callbacks=[...] cannot restore the Trainer's "
+                "step counters)")
+        resume.restore_real_step(state, self.trainer, real, step_for_trainer)
+        return step_for_trainer
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.control is not None:
@@ -301,6 +319,11 @@ class GNSCallback(MeterViews, TrainerCallback):
         if state.is_world_process_zero:
             checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             save_state(checkpoint, self.state_dict())
+            # after the batch grew, the checkpoint shows the Trainer the step it resumes the data from
+            # exactly (restoring the real one needs the Trainer: hf_gns.attach)
+            step_for_trainer = self.control.trainer_step(state) if self.control is not None else None
+            if self.trainer is not None and step_for_trainer not in (None, state.global_step):
+                resume.mark_checkpoint(checkpoint, state.global_step, step_for_trainer)
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue the same trajectory."""

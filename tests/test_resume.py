@@ -143,8 +143,8 @@ def killed(result: subprocess.CompletedProcess, world: int) -> bool:
 
 def test_killed_after_the_batch_grew_resumes_the_uninterrupted_run(tmp_path):
     """One process: 20 micro-batches an epoch; GA 1 -> 2 (step 4) -> 4 (step 6); epoch 1 ends with
-    step 9 exactly, epoch 2 is steps 10-14. Killed at step 13, resumed from a checkpoint mid-epoch
-    after the first change (5), at the epoch's end (9) and in the next epoch (11)."""
+    step 9 exactly, epoch 2 is steps 10-14. Killed at step 13, resumed from the last checkpoint (12,
+    in the next epoch), from the epoch's end (9) and from mid-epoch after the first change (5)."""
     prepare(tmp_path, 1)
     a = launch(tmp_path, 1, "a", "out_a")
     assert a.returncode == 0, a.stderr[-4000:]
@@ -155,7 +155,7 @@ def test_killed_after_the_batch_grew_resumes_the_uninterrupted_run(tmp_path):
     b = launch(tmp_path, 1, "b", "out_b", "--kill_at", "13")
     assert killed(b, 1), (b.returncode, b.stderr[-3000:])
     assert not (tmp_path / "out_b" / "checkpoint-13").exists()
-    for resume in (11, 9, 5):  # later first: a resumed run rewrites the checkpoints after its start
+    for resume in (12, 9, 5):  # later first: a resumed run rewrites the checkpoints after its start
         state = json.loads((tmp_path / "out_b" / f"checkpoint-{resume}" / "trainer_state.json").read_text())
         assert state["stateful_callbacks"]["hf_gns"]["global_step"] == resume  # the real step, kept beside
         c = launch(tmp_path, 1, f"c{resume}", "out_b", "--resume", str(resume))

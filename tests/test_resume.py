@@ -155,13 +155,13 @@ def test_killed_after_the_batch_grew_resumes_the_uninterrupted_run(tmp_path):
     b = launch(tmp_path, 1, "b", "out_b", "--kill_at", "13")
     assert killed(b, 1), (b.returncode, b.stderr[-3000:])
     assert not (tmp_path / "out_b" / "checkpoint-13").exists()
-    for resume in (12, 9, 5):  # later first: a resumed run rewrites the checkpoints after its start
-        state = json.loads((tmp_path / "out_b" / f"checkpoint-{resume}" / "trainer_state.json").read_text())
-        assert state["stateful_callbacks"]["hf_gns"]["global_step"] == resume  # the real step, kept beside
-        c = launch(tmp_path, 1, f"c{resume}", "out_b", "--resume", str(resume))
+    for start in (12, 9, 5):  # later first: a resumed run rewrites the checkpoints after its start
+        state = json.loads((tmp_path / "out_b" / f"checkpoint-{start}" / "trainer_state.json").read_text())
+        assert state["stateful_callbacks"]["hf_gns"]["global_step"] == start  # the real step, kept beside
+        c = launch(tmp_path, 1, f"c{start}", "out_b", "--resume", str(start))
         assert c.returncode == 0, c.stderr[-4000:]
         assert "place the data" not in c.stderr  # no warning that the data order differs
-        assert_continues(tmp_path, 1, "a", f"c{resume}", resume)
+        assert_continues(tmp_path, 1, "a", f"c{start}", start)
     # such a checkpoint needs the Trainer's step counters restored: without attach, a clear refusal
     d = launch(tmp_path, 1, "d", "out_b", "--resume", "5", "--no_attach")
     assert d.returncode != 0 and "Resume with hf_gns.attach(trainer) as well" in d.stderr, d.stderr[-3000:]

@@ -20,7 +20,8 @@
 #                (SEEDS="1", TOKENS=16000000, ARMS="fixed linear gns small", RUN_TIMEOUT=150 s per run)
 #   time_to_loss_large  the same at a Chinchilla-optimal 10.5M-parameter scale: fixed batches, linear
 #                and GNS-driven arms spread over the GPUs, tokens and steps to a common target against
-#                the fixed-batch frontier (SEED=1, TOKENS=210000000, ARMS="fixed32 fixed128 fixed512 linear gns")
+#                the fixed-batch frontier (SEED=1, TOKENS=210000000, ARMS="fixed32 fixed128 fixed512 linear gns";
+#                an arm fixedN_nogns trains fixedN without hf_gns: the cost of hf_gns, from whole runs)
 #   critical_batch  benchmarks/critical_batch.py: branches at several batches from checkpoints of a
 #                time_to_loss_large arm, the critical batch measured directly vs B_simple
 #   multi    both examples under `accelerate launch --num_processes 2` (2 GPUs, NCCL, bf16)
@@ -65,6 +66,8 @@ ttl_large_setup() {
   arm_args() {
     local arm=$1 steps
     case "$arm" in
+      fixed*_nogns) local b=${arm#fixed}; b=${b%_nogns}; steps=$((tokens / (b * block)))
+              echo "--gradient_accumulation_steps $((b / mb)) --max_steps $steps --eval_steps $((steps / 40 + 1)) --no_gns" ;;
       fixed*) local b=${arm#fixed}; steps=$((tokens / (b * block)))
               echo "--gradient_accumulation_steps $((b / mb)) --max_steps $steps --eval_steps $((steps / 40 + 1)) --batch_size_policy steps:0:$b" ;;
       linear) steps=$((tokens / (mb * block)))

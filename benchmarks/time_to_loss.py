@@ -102,13 +102,23 @@ def _log_interp(x: float, xs: list[float], ys: list[float]) -> float:
     return math.nan
 
 
+def train_runtime(run_dir: str) -> float:
+    """Seconds the Trainer reported for the run's training loop (``train_runtime``), nan if absent."""
+    state = json.load(open(os.path.join(run_dir, "trainer_state.json")))
+    return next((row["train_runtime"] for row in reversed(state["log_history"]) if "train_runtime" in row), math.nan)
+
+
 def frontier(arms: list[tuple[str, str]], target: float | None, out: str | None, plot_path: str | None) -> dict:
     """Tokens and optimizer steps to a common target loss for every arm, and each schedule's token
     saving against the fixed-batch frontier at the same number of steps.
 
     ``arms``: (name, run dir); names starting with ``fixed`` form the frontier. The target is
-    ``target``, else the highest final eval loss of all arms (the loss every arm reached).
+    ``target``, else the highest final eval loss of all arms (the loss every arm reached). An arm
+    named ``NAME_nogns`` is NAME trained without hf_gns: it enters only the cost, NAME's training
+    time over its own.
     """
+    baselines = {name[: -len("_nogns")]: run for name, run in arms if name.endswith("_nogns")}
+    arms = [(name, run) for name, run in arms if not name.endswith("_nogns")]
     curves = {name: eval_curve(run) for name, run in arms}
     if target is None:
         target = max(c[-1][2] for c in curves.values())
@@ -126,12 +136,21 @@ def frontier(arms: list[tuple[str, str]], target: float | None, out: str | None,
         at_steps = _log_interp(r["steps_to_target"], [s for s, _ in fixed], [t for _, t in fixed])
         r["frontier_tokens_at_same_steps"] = at_steps
         r["token_saving_vs_frontier"] = 1 - r["tokens_to_target"] / at_steps if at_steps == at_steps else math.nan
+    for name, run in arms:
+        rows[name]["train_runtime"] = train_runtime(run)
+        if name in baselines:
+            rows[name]["train_runtime_without_hf_gns"] = train_runtime(baselines[name])
+            rows[name]["cost_of_hf_gns"] = rows[name]["train_runtime"] / rows[name]["train_runtime_without_hf_gns"]
     print(f"target eval loss {target:.4f}")
     print(f"{'arm':12s} {'final loss':>10s} {'tokens to target':>17s} {'steps to target':>16s} {'saving vs fixed frontier':>25s}")
     for name, r in rows.items():
         saving = r.get("token_saving_vs_frontier")
         print(f"{name:12s} {r['final_eval_loss']:10.4f} {r['tokens_to_target']:17.4g} {r['steps_to_target']:16.1f} "
               f"{'' if saving is None else f'{saving:+.1%}':>25s}")
+    for name, r in rows.items():
+        if "cost_of_hf_gns" in r:
+            print(f"{name}: training {r['train_runtime']:.1f} s with hf_gns, {r['train_runtime_without_hf_gns']:.1f} s "
+                  f"without: {r['cost_of_hf_gns']:.3f}x")
     result = {"target": target, "arms": rows}
     if out:
         with open(out, "w") as f:

@@ -18,11 +18,15 @@ import ln_proxy  # noqa: E402
 import time_to_loss  # noqa: E402
 
 
-def write_run(path, evals: list[tuple[int, float, float]], history: list[dict] | None = None) -> str:
-    """A run dir: (step, tokens, eval loss) evaluations, and extra gns_history rows."""
+def write_run(path, evals: list[tuple[int, float, float]], history: list[dict] | None = None,
+              runtime: float | None = None) -> str:
+    """A run dir: (step, tokens, eval loss) evaluations, extra gns_history rows, the Trainer's runtime."""
     os.makedirs(path, exist_ok=True)
+    log = [{"step": s, "eval_loss": loss} for s, _, loss in evals]
+    if runtime is not None:
+        log.append({"step": evals[-1][0], "train_runtime": runtime})
     with open(os.path.join(path, "trainer_state.json"), "w") as f:
-        json.dump({"log_history": [{"step": s, "eval_loss": loss} for s, _, loss in evals]}, f)
+        json.dump({"log_history": log}, f)
     rows = {s: {"step": s, "gns/tokens": t} for s, t, _ in evals}
     for row in history or []:
         rows.setdefault(row["step"], {"step": row["step"]}).update(row)
@@ -50,6 +54,18 @@ def test_frontier_saving_matches_a_hand_computation(tmp_path):
     assert arms["gns"]["frontier_tokens_at_same_steps"] == pytest.approx(expected)
     assert arms["gns"]["token_saving_vs_frontier"] == pytest.approx(1 - 3000 / expected)
     assert "token_saving_vs_frontier" not in arms["fixed16"]
+
+
+def test_frontier_cost_of_hf_gns_from_the_arm_trained_without_it(tmp_path):
+    a = write_run(tmp_path / "a", [(10, 1000, 3.0), (20, 2000, 2.0)], runtime=52.5)
+    b = write_run(tmp_path / "b", [(10, 4000, 2.8), (20, 8000, 2.5)], runtime=40.0)
+    plain = tmp_path / "a_plain"
+    plain.mkdir()
+    (plain / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 20, "train_runtime": 50.0}]}))
+    result = time_to_loss.frontier([("fixed1", a), ("fixed4", b), ("fixed1_nogns", str(plain))], None, None, None)
+    assert set(result["arms"]) == {"fixed1", "fixed4"}  # the run without hf_gns is no arm of the frontier
+    assert result["arms"]["fixed1"]["cost_of_hf_gns"] == pytest.approx(1.05)
+    assert "cost_of_hf_gns" not in result["arms"]["fixed4"] and result["arms"]["fixed4"]["train_runtime"] == 40.0
 
 
 def test_frontier_default_target_is_reached_by_every_arm_and_extrapolation_is_refused(tmp_path):

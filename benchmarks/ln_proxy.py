@@ -55,9 +55,10 @@ def _ratios_view(pairs: list[tuple[float, float]]) -> dict:
     }
 
 
-def windowed(diag: list[dict], key: str, size: int) -> list[tuple[float, float]]:
-    """(mean tokens, B_simple) of each group of ``size`` consecutive diagnostic steps, B_simple as the
-    ratio of the group's mean tr(Sigma) and mean |G|^2 estimates (nan when that mean is not positive)."""
+def windowed(diag: list[dict], key: str, size: int) -> list[tuple[float, float, float]]:
+    """(mean tokens, B_simple, z) of each group of ``size`` consecutive diagnostic steps: B_simple as
+    the ratio of the group's mean tr(Sigma) and mean |G|^2 estimates (nan when that mean is not
+    positive), z as that mean |G|^2 over its standard error (how well the group resolves |G|^2)."""
     out = []
     for i in range(0, len(diag) - size + 1, size):
         group = diag[i:i + size]
@@ -66,7 +67,10 @@ def windowed(diag: list[dict], key: str, size: int) -> list[tuple[float, float]]
         if any(v is None or v != v for v in g2 + trace):
             continue
         tokens = sum(r.get("gns/tokens", r["step"]) for r in group) / size
-        out.append((tokens, sum(trace) / sum(g2) if sum(g2) > 0 else math.nan))
+        mean = sum(g2) / size
+        spread = math.sqrt(sum((v - mean) ** 2 for v in g2) / (size - 1)) if size > 1 else math.nan
+        z = mean / (spread / math.sqrt(size)) if spread and spread == spread else math.nan
+        out.append((tokens, sum(trace) / sum(g2) if sum(g2) > 0 else math.nan, z))
     return out
 
 
@@ -76,8 +80,11 @@ def summarize(run_dir: str, window: int = 10) -> dict:
     ema = _ratios_view([(r["gns/full_model_ln_b_simple"], r["gns/full_model_b_simple"]) for r in diag])
     kernel = _ratios_view([(r.get("gns/b_simple", math.nan), r["gns/full_model_b_simple"]) for r in diag])
     ln_w, full_w = windowed(diag, "full_model_ln", window), windowed(diag, "full_model", window)
-    win = _ratios_view([(a, b) for (_, a), (_, b) in zip(ln_w, full_w)])
-    return {"run": run_dir, "diagnostic_steps": len(diag), "window": window, "windowed": win, "ema": ema,
+    win = _ratios_view([(a, b) for (_, a, _), (_, b, _) in zip(ln_w, full_w)])
+    # only windows whose mean |G|^2 is above twice its standard error for both parameter sets
+    resolved = _ratios_view([(a, b) for (_, a, za), (_, b, zb) in zip(ln_w, full_w) if za > 2 and zb > 2])
+    return {"run": run_dir, "diagnostic_steps": len(diag), "window": window, "windowed": win,
+            "windowed_resolved": resolved, "windows": len(ln_w), "ema": ema,
             "pearson_log_kernel_ema_vs_full_ema": kernel["pearson_log"]}
 
 
@@ -111,12 +118,15 @@ def plot(runs: list[str], path: str, window: int = 10) -> None:
         ln_w, full_w = windowed(diag, "full_model_ln", window), windowed(diag, "full_model", window)
         scale = 1e6 if has_tokens else 1
         if ln_w:
-            row[0].plot([t / scale for t, _ in full_w], [b for _, b in full_w], "o-", color="C0",
+            row[0].plot([t / scale for t, _, _ in full_w], [b for _, b, _ in full_w], "o-", color="C0",
                         label=f"whole model, windows of {window} diagnostics")
-            row[0].plot([t / scale for t, _ in ln_w], [b for _, b in ln_w], "s-", color="C1",
+            row[0].plot([t / scale for t, _, _ in ln_w], [b for _, b, _ in ln_w], "s-", color="C1",
                         label=f"norm layers, windows of {window}")
-            row[1].plot([t / scale for t, _ in full_w], [f / n for (_, f), (_, n) in zip(full_w, ln_w)], "o-",
+            row[1].plot([t / scale for t, _, _ in full_w], [f / n for (_, f, _), (_, n, _) in zip(full_w, ln_w)], "o-",
                         color="C2", label="windows")
+            sure = [(t, f / n) for (t, f, zf), (_, n, zn) in zip(full_w, ln_w) if zf > 2 and zn > 2]
+            row[1].plot([t / scale for t, _ in sure], [q for _, q in sure], "o", color="black", fillstyle="none",
+                        markersize=10, label="resolved: mean |G|^2 > 2 s.e., both")
         row[0].set_yscale("log")
         row[0].set_ylabel("B_simple (examples)")
         row[0].set_title(f"{name}: B_simple, exact per-example gradients")
@@ -146,7 +156,8 @@ def main(argv=None) -> None:
         plot(args.runs, args.plot, args.window)
     for s in out:
         print(f"{s['run']}: {s['diagnostic_steps']} diagnostic steps")
-        print(f"  windowed ({s['window']} diagnostics each): {_describe(s['windowed'])}")
+        print(f"  windowed ({s['window']} diagnostics each, {s['windows']} windows): {_describe(s['windowed'])}")
+        print(f"  resolved windows only (mean |G|^2 > 2 standard errors, both): {_describe(s['windowed_resolved'])}")
         print(f"  EMA: {_describe(s['ema'])}")
         print(f"  kernel-measured norm-layer EMA (every step) vs whole-model EMA: r(log) "
               f"{s['pearson_log_kernel_ema_vs_full_ema']:.3f}")

@@ -111,6 +111,16 @@ def test_ln_proxy_summary_on_a_known_ratio(tmp_path):
     r = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / math.sqrt(
         sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys))
     assert win["pearson_log"] == pytest.approx(r)
+    # resolved: both means of |G|^2 above twice their standard error (the last window holds a -1)
+    def z(group, key):
+        values = [r[f"gns/{key}_step_g2"] for r in group]
+        mean = sum(values) / len(values)
+        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+        return mean / se
+    sure = [w for i, w in enumerate(windows)
+            if z(diag[i * window:(i + 1) * window], "full_model") > 2 and z(diag[i * window:(i + 1) * window], "full_model_ln") > 2]
+    assert s["windowed_resolved"]["points"] == len(sure) and s["windows"] == n // window
+    assert s["windowed_resolved"]["final_ratio"] == pytest.approx(sure[-1][1] / sure[-1][0])
     ema = s["ema"]
     assert ema["points"] == n and ema["final_ratio"] == pytest.approx(3.0)
     assert ema["ratio_drift"] == pytest.approx(1.5) and ema["ratio_at_quarters"][-1] == pytest.approx(3.0)

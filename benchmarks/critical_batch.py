@@ -1,8 +1,8 @@
 """The critical batch measured directly, against B_simple, at checkpoints of a training run.
 
-    python benchmarks/critical_batch.py branch CHECKPOINT --dataset_name D --tokenizer_name T \
-        --batches 32,64,128,256,512 --tokens 5e6 [--micro_batch 32] [--block_size 512] --out branch.json
-    python benchmarks/critical_batch.py report RUN_DIR BRANCH.json [BRANCH.json ...] [--tolerance 0.01] \
+    python benchmarks/critical_batch.py branch CHECKPOINT [CHECKPOINT ...] --dataset_name D --tokenizer_name T \
+        --batches 32,64,128,256,512 --tokens 5e6 [--micro_batch 32] [--block_size 512] --out DIR
+    python benchmarks/critical_batch.py report RUN_DIR DIR/branch_*.json [--tolerance 0.01] \
         [--json out.json] [--plot out.png]
 
 `branch` continues a Trainer checkpoint of `examples/train_lm.py` (its weights and AdamW state, at the
@@ -35,23 +35,15 @@ def _positive_batches(text: str, micro_batch: int) -> list[int]:
     return batches
 
 
-def branch(args: argparse.Namespace) -> dict:
+def branch(args: argparse.Namespace) -> list[dict]:
+    """Branches from every checkpoint in ``args.checkpoints``; one model (compiled once) reloaded
+    with each checkpoint's weights and AdamW state for every branch. Writes ``OUT/branch_STEP.json``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
     from transformers.trainer_utils import IntervalStrategy
     from corpus import group_texts, load_text_dataset
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = args.checkpoint
-    state = json.load(open(os.path.join(ckpt, "trainer_state.json")))
-    base_args = torch.load(os.path.join(ckpt, "training_args.bin"), weights_only=False)
-    # only its optimizer settings are used: no evaluation, logging or compilation of its own
-    base_args.eval_strategy, base_args.save_strategy = IntervalStrategy.NO, IntervalStrategy.NO
-    base_args.report_to, base_args.torch_compile, base_args.load_best_model_at_end = [], False, False
-    lr = args.lr if args.lr is not None else torch.load(os.path.join(ckpt, "scheduler.pt"), weights_only=False)["_last_lr"][0]
-    if not lr > 0:
-        raise SystemExit(f"{ckpt}: the run's learning rate there is {lr} (the end of its schedule?): branches would "
-                         "not train; pick an earlier checkpoint or give --lr")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name)
     raw = load_text_dataset(args.dataset_name, None, cache_dir=os.path.join(args.cache_dir, "datasets"))
     blocks = group_texts(raw, tokenizer, args.block_size, num_proc=args.preprocessing_num_workers)
@@ -66,52 +58,67 @@ def branch(args: argparse.Namespace) -> dict:
     if budget_blocks == 0:
         raise SystemExit(f"--tokens={args.tokens:g}: less than one step of the largest batch ({batches[-1]} x {args.block_size})")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    model = AutoModelForCausalLM.from_pretrained(args.checkpoints[0], dtype=torch.float32).to(device)
+    step_fn = torch.compile(model) if args.compile else model
 
-    def evaluate(model) -> float:
+    def evaluate() -> float:
         model.eval()
         total, count = 0.0, 0
         with torch.no_grad(), autocast:
             for i in range(0, len(evals), args.micro_batch):
                 ids = evals[i:i + args.micro_batch]["input_ids"].to(device)
-                total += model(input_ids=ids, labels=ids).loss.float().item() * ids.shape[0]
+                total += step_fn(input_ids=ids, labels=ids).loss.float().item() * ids.shape[0]
                 count += ids.shape[0]
         model.train()
         return total / count
 
-    result = {"checkpoint": ckpt, "step": state["global_step"], "lr": lr, "tokens": budget_blocks * args.block_size,
-              "block_size": args.block_size, "micro_batch": args.micro_batch, "branches": []}
-    for batch in batches:
-        torch.manual_seed(args.data_seed)
-        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).to(device)
-        trainer = Trainer(model=model, args=base_args)
-        optimizer = trainer.create_optimizer()  # the run's parameter groups, so its AdamW state loads
-        optimizer.load_state_dict(torch.load(os.path.join(ckpt, "optimizer.pt"), map_location=device, weights_only=False))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_fn = torch.compile(model) if args.compile else model
-        start_loss = evaluate(model) if not result["branches"] else result["branches"][0]["start_eval_loss"]
-        accum = batch // args.micro_batch
-        steps = budget_blocks // batch
-        begin = time.time()
-        for step in range(steps):
-            for k in range(accum):
-                first = (step * accum + k) * args.micro_batch
-                ids = train[first:first + args.micro_batch]["input_ids"].to(device)
-                with autocast:
-                    loss = step_fn(input_ids=ids, labels=ids).loss / accum
-                loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        seconds = time.time() - begin
-        row = {"batch": batch, "steps": steps, "tokens": steps * batch * args.block_size, "seconds": seconds,
-               "start_eval_loss": start_loss, "eval_loss": evaluate(model)}
-        print(json.dumps(row), flush=True)
-        result["branches"].append(row)
-        del model, trainer, optimizer, step_fn
-    if args.out:
-        with open(args.out, "w") as f:
+    results = []
+    for ckpt in args.checkpoints:
+        state = json.load(open(os.path.join(ckpt, "trainer_state.json")))
+        real_step = ((state.get("stateful_callbacks") or {}).get("hf_gns") or {}).get("global_step", state["global_step"])
+        base_args = torch.load(os.path.join(ckpt, "training_args.bin"), weights_only=False)
+        # only its optimizer settings are used: no evaluation, logging or compilation of its own
+        base_args.eval_strategy, base_args.save_strategy = IntervalStrategy.NO, IntervalStrategy.NO
+        base_args.report_to, base_args.torch_compile, base_args.load_best_model_at_end = [], False, False
+        lr = args.lr if args.lr is not None else torch.load(os.path.join(ckpt, "scheduler.pt"), weights_only=False)["_last_lr"][0]
+        if not lr > 0:
+            raise SystemExit(f"{ckpt}: the run's learning rate there is {lr} (the end of its schedule?): branches "
+                             "would not train; pick an earlier checkpoint or give --lr")
+        weights = {k: v.to(device) for k, v in AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).state_dict().items()}
+        optimizer_state = torch.load(os.path.join(ckpt, "optimizer.pt"), map_location=device, weights_only=False)
+        result = {"checkpoint": ckpt, "step": real_step, "lr": lr, "tokens": budget_blocks * args.block_size,
+                  "block_size": args.block_size, "micro_batch": args.micro_batch, "branches": []}
+        start_loss = None
+        for batch in batches:
+            torch.manual_seed(args.data_seed)
+            model.load_state_dict(weights)
+            optimizer = Trainer(model=model, args=base_args).create_optimizer()  # the run's parameter groups
+            optimizer.load_state_dict(optimizer_state)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if start_loss is None:
+                start_loss = evaluate()
+            accum, steps = batch // args.micro_batch, budget_blocks // batch
+            begin = time.time()
+            for step in range(steps):
+                for k in range(accum):
+                    first = (step * accum + k) * args.micro_batch
+                    ids = train[first:first + args.micro_batch]["input_ids"].to(device)
+                    with autocast:
+                        loss = step_fn(input_ids=ids, labels=ids).loss / accum
+                    loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            row = {"batch": batch, "steps": steps, "tokens": steps * batch * args.block_size,
+                   "seconds": time.time() - begin, "start_eval_loss": start_loss, "eval_loss": evaluate()}
+            print(json.dumps({"step": real_step, **row}), flush=True)
+            result["branches"].append(row)
+            del optimizer
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, f"branch_{real_step}.json"), "w") as f:
             json.dump(result, f, indent=1)
-    return result
+        results.append(result)
+    return results
 
 
 def critical_batch(branches: list[dict], tolerance: float) -> float:
@@ -189,7 +196,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("branch")
-    b.add_argument("checkpoint")
+    b.add_argument("checkpoints", nargs="+")
     b.add_argument("--dataset_name", required=True)
     b.add_argument("--tokenizer_name", required=True)
     b.add_argument("--cache_dir", default="/tmp/cache")
@@ -203,7 +210,7 @@ def main(argv=None) -> None:
     b.add_argument("--lr", type=float, default=None, help="constant LR of the branches (default: the run's LR there)")
     b.add_argument("--bf16", action="store_true")
     b.add_argument("--compile", action="store_true")
-    b.add_argument("--out", default=None)
+    b.add_argument("--out", required=True, help="folder for branch_STEP.json, one per checkpoint")
     r = sub.add_parser("report")
     r.add_argument("run_dir")
     r.add_argument("branches", nargs="+")

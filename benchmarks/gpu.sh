@@ -182,15 +182,13 @@ case "$job" in
     run=/tmp/runs/cb_${arm}_$seed
     cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") --save_steps ${SAVE_STEPS:-200} --full_model_every 25 --output_dir $run --cache_dir /tmp/cache_gpu0 $*"
     run_logged "$OUT/cb.log" "${RUN_TIMEOUT:-300}" "$cmd"
-    files=()
-    for ckpt in ${CKPTS:-200 600 1000}; do
-      python benchmarks/critical_batch.py branch "$run/checkpoint-$ckpt" --dataset_name /tmp/ttl_corpus \
-        --tokenizer_name /tmp/ttl_corpus/tokenizer --cache_dir /tmp/cache_gpu0 --block_size "$block" --micro_batch "$mb" \
-        --batches "${BATCHES:-32,64,128,256,512}" --tokens "${BRANCH_TOKENS:-10000000}" --bf16 --compile \
-        --out "$OUT/cb_branch_$ckpt.json" 2>&1 | grep -E '^\{|Error|error' | tee -a "$OUT/cb.log"
-      files+=("$OUT/cb_branch_$ckpt.json")
-    done
-    python benchmarks/critical_batch.py report "$run" "${files[@]}" --json "$OUT/cb_report.json" --plot "$OUT/cb.png" | tee -a "$OUT/cb.log"
+    ckpts=()
+    for ckpt in ${CKPTS:-200 600 1000}; do ckpts+=("$run/checkpoint-$ckpt"); done
+    python benchmarks/critical_batch.py branch "${ckpts[@]}" --dataset_name /tmp/ttl_corpus \
+      --tokenizer_name /tmp/ttl_corpus/tokenizer --cache_dir /tmp/cache_gpu0 --block_size "$block" --micro_batch "$mb" \
+      --batches "${BATCHES:-32,64,128,256,512}" --tokens "${BRANCH_TOKENS:-10000000}" --bf16 --compile \
+      --out "$OUT/cb_branches" 2>&1 | grep -E '^\{|Error|error' | tee -a "$OUT/cb.log"
+    python benchmarks/critical_batch.py report "$run" "$OUT"/cb_branches/branch_*.json --json "$OUT/cb_report.json" --plot "$OUT/cb.png" | tee -a "$OUT/cb.log"
     tgz cb_runs.tgz "$(basename "$run")"
     ;;
   time_to_loss)

@@ -48,13 +48,17 @@ def _write(out_dir: str, header: str, run_dir: str, plot: str | None) -> str:
     return update_model_card(out_dir, load_run(run_dir).rows, plot_path=plot)
 
 
-def ln_cards(runs: str, out: str) -> None:
-    for key, (family, params) in LN_RUN.items():
+def _ln_runs(runs: str, models: dict):
+    """(key, its description, run dir, eval losses) of every LN-proxy run ``ln_<key>`` present in ``runs``."""
+    for key, described in models.items():
         run_dir = os.path.join(runs, f"ln_{key}")
-        if not os.path.isdir(run_dir):
-            continue
-        state = json.load(open(os.path.join(run_dir, "trainer_state.json")))
-        evals = [h["eval_loss"] for h in state["log_history"] if "eval_loss" in h]
+        if os.path.isdir(run_dir):
+            state = json.load(open(os.path.join(run_dir, "trainer_state.json")))
+            yield key, described, run_dir, [h["eval_loss"] for h in state["log_history"] if "eval_loss" in h]
+
+
+def ln_cards(runs: str, out: str) -> None:
+    for key, (family, params), run_dir, evals in _ln_runs(runs, LN_RUN):
         name = f"ln-proxy-{key}"
         header = FRONT_MATTER + f"""
 # {name}: a {params}-parameter {family} trained with hf_gns
@@ -78,12 +82,7 @@ Final validation loss: {evals[-1]:.4f}. Command: `bash benchmarks/gpu.sh ln_prox
 
 def ln_large_cards(runs: str, out: str, label: str) -> None:
     """Cards of `SCALE=large bash benchmarks/gpu.sh ln_proxy` runs (ln_llama, ln_gpt2 under ``runs``)."""
-    for key, (family, params, shape) in LN_RUN_LARGE.items():
-        run_dir = os.path.join(runs, f"ln_{key}")
-        if not os.path.isdir(run_dir):
-            continue
-        state = json.load(open(os.path.join(run_dir, "trainer_state.json")))
-        evals = [h["eval_loss"] for h in state["log_history"] if "eval_loss" in h]
+    for key, (family, params, shape), run_dir, evals in _ln_runs(runs, LN_RUN_LARGE):
         name = f"ln-proxy-large-{key}{label}"
         every = next(json.loads(line)["step"] for line in open(os.path.join(run_dir, "gns_history.jsonl"))
                      if "gns/full_model_b_simple" in line)

@@ -16,20 +16,7 @@ import sys
 import warnings
 
 import torch
-from torch.utils.data import Dataset
-
-from token_batches import collate
-
-
-class SeqDataset(Dataset):
-    def __init__(self, seqs):
-        self.seqs = seqs
-
-    def __len__(self):
-        return len(self.seqs)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.seqs[i]}
+from token_batches import TokenSequences, collate
 
 
 def digest(model) -> dict:
@@ -69,7 +56,7 @@ def run(directory: str, name: str, rank: int) -> None:
     )
     gns = hf_gns.GNSCallback(ema=0.9, batch_size_policy=cfg["policy"], max_tokens=cfg.get("max_tokens"))
     rec = Recorder()
-    trainer = Trainer(model=model, args=args, train_dataset=SeqDataset(seqs), data_collator=collate,
+    trainer = Trainer(model=model, args=args, train_dataset=TokenSequences(seqs), data_collator=collate,
                       callbacks=[gns, rec])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -9,13 +9,14 @@ norm parameters' averaged gradients.
 
 import json
 import os
-import socket
 import sys
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+
+from token_batches import free_port
 
 
 def run(rank: int, world: int, directory: str, port: int, compiled: bool, fsdp2: bool = False) -> None:
@@ -70,12 +71,6 @@ def run(rank: int, world: int, directory: str, port: int, compiled: bool, fsdp2:
 def _full(tensor: torch.Tensor) -> torch.Tensor:
     """A DTensor's whole value (FSDP2 gradients are sharded), else the tensor."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -19,20 +19,7 @@ import signal
 import warnings
 
 import torch
-from torch.utils.data import Dataset
-
-from token_batches import collate
-
-
-class Sequences(Dataset):
-    def __init__(self, seqs):
-        self.seqs = seqs
-
-    def __len__(self):
-        return len(self.seqs)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.seqs[i]}
+from token_batches import TokenSequences, collate
 
 
 def main() -> None:
@@ -82,7 +69,7 @@ def main() -> None:
         save_strategy="steps", save_steps=1, seed=0, data_seed=0, max_grad_norm=1.0, disable_tqdm=True,
         dataloader_num_workers=0)
     gns = hf_gns.GNSCallback(ema=0.9, batch_size_policy=cfg["policy"], max_tokens=1e12)
-    trainer = Recording(model=model, args=args, train_dataset=Sequences(torch.load(os.path.join(opts.directory, "data.pt"))),
+    trainer = Recording(model=model, args=args, train_dataset=TokenSequences(torch.load(os.path.join(opts.directory, "data.pt"))),
                         data_collator=collate, callbacks=[Steps()] + ([gns] if opts.no_attach else []))
     if not opts.no_attach:
         hf_gns.attach(trainer, gns)

@@ -33,7 +33,7 @@ from torch.utils.data import SequentialSampler
 
 import hf_gns
 from helpers import clone
-from token_batches import (MICRO, VOCAB, SeqDataset, collate, cumulative, hand_sgd, label_tokens,
+from token_batches import (MICRO, VOCAB, SeqDataset, collate, cumulative, free_port, hand_sgd, label_tokens,
                            micro_batches, positions, tiny_llama)
 from hf_gns.schedule import GNSPolicy, LinearSchedule, StepSchedule, accumulation_for, make_policy
 
@@ -628,14 +628,6 @@ DDP_POSITIONS = 2 * MICRO * SEQ        # global positions per micro-batch: 2 ran
 DDP_MAX_STEPS = 12
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
     """One torchrun launch, two Trainer runs per rank: fixed-length data with a policy forcing two
@@ -663,7 +655,7 @@ def ddp_runs(tmp_path_factory):
 
     worker = os.path.join(os.path.dirname(__file__), "ddp_trainer_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), worker, str(directory), "fixed", "varlen"]
+           "--master_port", str(free_port()), worker, str(directory), "fixed", "varlen"]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)

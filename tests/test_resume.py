@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from hf_gns import resume
-from token_batches import VOCAB, tiny_llama
+from token_batches import VOCAB, free_port, tiny_llama
 
 SEQ = 12
 WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
@@ -72,14 +72,6 @@ def test_marked_checkpoint_round_trips_through_trainer_state(tmp_path):
     assert resume.marked_steps(state) is None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def prepare(directory, world: int) -> None:
     """A tiny model, 40 sequences (20 micro-batches of 2 an epoch in one process, 10 per rank in two),
     2 epochs (the token budget set out of reach), and a policy that doubles the global batch twice:
@@ -98,7 +90,7 @@ def launch(directory, world: int, name: str, out: str, *extra: str) -> subproces
         cmd = [sys.executable, WORKER]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_addr",
-               "127.0.0.1", "--master_port", str(_free_port()), WORKER]
+               "127.0.0.1", "--master_port", str(free_port()), WORKER]
     cmd += [str(directory), name, "--out", out, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300, cwd=os.path.dirname(__file__))
 

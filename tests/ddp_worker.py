@@ -16,8 +16,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from token_batches import free_port
-
 
 def run(rank: int, world: int, directory: str, port: int, compiled: bool, fsdp2: bool = False) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
@@ -66,6 +64,16 @@ def run(rank: int, world: int, directory: str, port: int, compiled: bool, fsdp2:
             json.dump(out, f)
     finally:
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A free local TCP port for a torch.distributed rendezvous (the other launching tests use it too;
+    this worker imports nothing of the test helpers, which set thread counts and the Triton mode)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,8 @@ from torch.utils.data import SequentialSampler
 
 import hf_gns
 from helpers import clone
-from token_batches import (MICRO, VOCAB, SeqDataset, collate, cumulative, free_port, hand_sgd, label_tokens,
+from ddp_worker import free_port
+from token_batches import (MICRO, VOCAB, SeqDataset, collate, cumulative, hand_sgd, label_tokens,
                            micro_batches, positions, tiny_llama)
 from hf_gns.schedule import GNSPolicy, LinearSchedule, StepSchedule, accumulation_for, make_policy
 

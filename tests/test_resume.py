@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from hf_gns import resume
-from token_batches import VOCAB, free_port, tiny_llama
+from ddp_worker import free_port
+from token_batches import VOCAB, tiny_llama
 
 SEQ = 12
 WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")

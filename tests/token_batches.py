@@ -78,15 +78,6 @@ class TokenSequences(Dataset):
         return {"input_ids": self.seqs[i]}
 
 
-def free_port() -> int:
-    """A free local TCP port for a torch.distributed rendezvous."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def micro_batches(dataset, micro=MICRO):
     """The micro-batches of one epoch in order (what the sequential Trainer sees)."""
     return [collate([dataset[j] for j in range(i, min(i + micro, len(dataset)))])

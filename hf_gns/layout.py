@@ -1,11 +1,12 @@
 """Where the examples of a forward pass are, and what the pass consumed.
 
-A patched model's root module gets a forward pre-hook (`PassCounter.start_pass`) that reads
-the model's inputs: the batch size, packed sequences (``position_ids`` restarting at 0 or
-``cu_seq_lens_*``) and the token count. Each patched norm then asks `find_spec` which
-dimension of its input indexes examples. The hook runs inside ``torch.compile``'d graphs
-too: it only assigns attributes and appends to lists (no reads of Python numbers that would
-specialize a graph), and it never copies from the device to the host.
+A patched model's entry modules (`hf_gns.patch.EntryForward`) mark each forward pass; the
+pass's first patched norm reads the model's inputs (`PassCounter.start_pass`): the batch
+size, packed sequences (``position_ids`` restarting at 0 or ``cu_seq_lens_*``) and the token
+count. Each patched norm then asks `find_spec` which dimension of its input indexes examples.
+This runs inside ``torch.compile``'d graphs too: it only assigns attributes and appends to
+lists (no reads of Python numbers that would specialize a graph), and it never copies from
+the device to the host.
 """
 
 from __future__ import annotations
@@ -130,13 +131,20 @@ class PassCounter:
         self.totals: torch.Tensor | None = None
         self.problems: list[str] = []
         self.notes: list[str] = []  # warnings raised while a graph was being compiled
-        self.depth = 0
+        self.entered: list[nn.Module] = []  # entry modules whose call is in progress, outermost first
+        self.pending: tuple | None = None  # (module, args, kwargs) of a pass whose inputs are not read yet
+        # the lowest module holding every patched norm: the pass's slots are dropped when it returns
+        # (under torch.compile, slots kept past a graph break would become outputs of the graph),
+        # unless a pass showed it called more than once per pass
+        self.holder: nn.Module | None = None
+        self.drop_at_holder = True
+        self.holder_calls = 0
         self.serial = 0  # forward passes started (eager bookkeeping of calls per pass)
         self.paused = False
 
     def __getstate__(self) -> dict:
         """Copies and pickles carry no tensors of a pass in flight (they are not leaves)."""
-        return {**self.__dict__, "slots": {}, "packed": None, "problems": [], "depth": 0}
+        return {**self.__dict__, "slots": {}, "packed": None, "problems": [], "entered": [], "pending": None}
 
     @torch.compiler.disable
     def place(self, device: torch.device) -> None:
@@ -146,15 +154,46 @@ class PassCounter:
         elif self.totals.device != device:
             self.totals = self.totals.to(device)
 
+    @property
+    def depth(self) -> int:
+        """Entry-module calls in progress (0: no forward pass is running)."""
+        return len(self.entered)
+
     def enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """A call of an entry module begins; the outermost one starts a pass."""
-        if self.depth == 0:
+        """A call of an entry module begins; the outermost one starts a pass.
+
+        A module already in progress is not nested in itself: its earlier call ended by an
+        exception without `exit` (compiled entries mark the pass without try/finally, see
+        `hf_gns.patch.EntryForward`), and this call starts a new pass."""
+        if any(m is module for m in self.entered):
+            self.entered.clear()
+        if not self.entered:
+            self.pending = (module, args, kwargs)
+            self.holder_calls = 0
+        if module is self.holder and self.drop_at_holder and len(self.entered) > 0:
+            self.holder_calls += 1
+            if self.holder_calls > 1:  # its first call's slots are gone: this pass cannot be measured
+                self.problems.append(f"{type(module).__name__} ran twice in one forward pass; its calls' per-example "
+                                     "gradients are summed from the next step on")
+                self.drop_at_holder = False
+        self.entered.append(module)
+
+    def begin(self) -> None:
+        """Read the inputs of the pass that has started, if not yet done: called by every patched
+        norm, so that the first one does it. Under ``torch.compile`` this keeps the reading in the
+        graph of the model's layers: done in the entry call itself, it would become a graph of its
+        own whenever the model's code breaks the graph after the layers (GPT-2's loss)."""
+        if self.pending is not None:
+            module, args, kwargs = self.pending
+            self.pending = None
             self.start_pass(module, args, kwargs)
-        self.depth += 1
 
     def exit(self) -> None:
-        self.depth -= 1
-        if self.depth == 0:
+        left = self.entered.pop() if self.entered else None
+        if not self.entered:
+            self.begin()  # a pass that ran no patched norm still counts its tokens
+            self.slots = {}
+        elif left is self.holder and self.drop_at_holder:
             self.slots = {}
 
     def in_pass(self) -> bool:

@@ -106,8 +106,9 @@ class PatchedNorm:
         elif self.tap is None or self.tap_layout != layout or self.tap.device != device:
             self.tap, self.tap_layout = new_tap(layout, device), layout
 
-    def _slots(self, x: torch.Tensor, spec: ExampleSpec, layout: TapLayout) -> torch.Tensor | None:
-        """This pass's per-example slots of the module (shared by all its calls in the pass)."""
+    def _slots(self, x: torch.Tensor, spec: ExampleSpec, layout: TapLayout, split: bool = False):
+        """This pass's per-example slots of the module (shared by all its calls in the pass): one
+        tensor, or one per parameter (``split``, see `ExampleSlots`)."""
         slots = self.counter.slots.get(self)
         rows = spec.count
         if slots is None:
@@ -115,15 +116,19 @@ class PatchedNorm:
             if self.tap is None or self.tap_layout != layout or self.tap.device != device:
                 self._ensure_tap(layout, device)
             count = self.counter.packed.count if spec.packed else rows
-            slots = self.counter.slots[self] = draw_slots(self.tap, rows, count, layout)
-        elif slots.shape[0] != rows:
-            self.counter.problems.append(f"{self.qualname}: calls within one forward saw {slots.shape[0]} and "
-                                         f"{rows} examples")
+            slots = self.counter.slots[self] = draw_slots(self.tap, rows, count, layout, split)
+        elif isinstance(slots, tuple) != split:
+            self.counter.problems.append(f"{self.qualname}: calls within one forward ran compiled and eager")
+            return None
+        elif (slots[0] if split else slots).shape[0] != rows:
+            seen = (slots[0] if split else slots).shape[0]
+            self.counter.problems.append(f"{self.qualname}: calls within one forward saw {seen} and {rows} examples")
             return None
         return slots
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
+        self.counter.begin()
         x = _single_input(args, kwargs)
         layout = self.trainable_layout() if self.enabled else None
         if layout is None or not torch.is_grad_enabled() or self.counter.paused:
@@ -162,12 +167,13 @@ class PatchedNorm:
             return self.original_forward(*args, **kwargs)
         if self._use_triton(x):
             return self._triton_forward(x, spec, layout, args, kwargs)
-        slots = self._slots(x, spec, layout)
+        compiling = torch.compiler.is_compiling()
+        slots = self._slots(x, spec, layout, split=compiling)
         if slots is None:
             return self.original_forward(*args, **kwargs)
         norm = torch_path.SlottedNorm(self.plan.formula, self.plan.eps, self.module_ref, self.original_forward,
                                       layout, spec)
-        return norm(x, slots) if torch.compiler.is_compiling() else norm.recorded(x, slots)
+        return norm(x, slots) if compiling else norm.recorded(x, slots)
 
     def _triton_forward(self, x: torch.Tensor, spec: ExampleSpec, layout: TapLayout, args: tuple, kwargs: dict):
         """The eager CUDA path: the Triton kernels, folding straight into the tap when the module
@@ -335,11 +341,22 @@ class EntryForward:
         return inspect.signature(self.inner)
 
     def __call__(self, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            return self._compiled_call(args, kwargs)
         self.counter.enter(self.module, args, kwargs)
         try:
             return self.inner(*args, **kwargs)
         finally:
             self.counter.exit()
+
+    def _compiled_call(self, args: tuple, kwargs: dict):
+        """The same without try/finally: dynamo cannot resume a frame inside a try block after a
+        graph break in the model's own code, and would compile the marking as a graph of its own.
+        A pass ended by an exception is closed when its module is next entered (`PassCounter.enter`)."""
+        self.counter.enter(self.module, args, kwargs)
+        output = self.inner(*args, **kwargs)
+        self.counter.exit()
+        return output
 
 
 def _root_counter(model: nn.Module) -> PassCounter:
@@ -390,6 +407,7 @@ def _set_entries(model: nn.Module, counter: PassCounter) -> None:
         entry = module.__dict__.get(_ENTRY)
         if entry is not None and (entry[0] is not counter or not any(module is c for c in chain)):
             _remove_entry(module)
+    counter.holder = chain[-1]
     for module in chain:
         if _ENTRY not in module.__dict__:
             saved = module.__dict__.get("forward")

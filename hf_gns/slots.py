@@ -12,8 +12,9 @@ and no host sync, and read ``tap.grad`` = `TapLayout`:
 
     [examples, sum_i c_i (all parameters, flat), sum_i c_i**2 (elementwise, same columns)]
 
-Every entry is a sum over slot rows of one column of ``[1, c_i, c_i**2]``, so the whole
-fold is a single reduction over the examples, which inductor emits as one kernel.
+Every entry but the count is a sum over slot rows of one column of ``c_i`` or ``c_i**2``:
+reductions over the examples that read the same per-example gradients as the parameter's
+own gradient does, so inductor emits them in the kernel that sums those.
 """
 
 from __future__ import annotations
@@ -65,29 +66,36 @@ def new_tap(layout: TapLayout, device: torch.device) -> torch.Tensor:
 
 
 class ExampleSlots(torch.autograd.Function):
-    """``tap -> zeros [rows, numel]`` whose gradient is folded into the tap's layout.
+    """``tap -> zero slots`` whose gradients are folded into the tap's layout.
 
-    ``count`` is the number of examples (an int, or a float32 device scalar for a packed
-    batch, whose ``rows`` is an upper bound: unused rows get zero gradient).
+    The slots are one ``[rows, numel]`` tensor, or (``split``) one ``[rows, size]`` tensor per
+    parameter: then each parameter's gradient reaches the fold as its own tensor and its sums
+    over the rows read it directly, so inductor fuses them with the reduction that gives the
+    parameter's own gradient (no copy of the per-example gradients into one buffer first).
+    ``count`` is the number of examples (an int, or a float32 device scalar for a packed batch,
+    whose ``rows`` is an upper bound: unused rows get zero gradient, which adds nothing).
     """
 
     @staticmethod
-    def forward(ctx, tap: torch.Tensor, rows: int, count, layout: TapLayout) -> torch.Tensor:
-        ctx.layout, ctx.count = layout, count
+    def forward(ctx, tap: torch.Tensor, rows: int, count, layout: TapLayout, split: bool):
+        ctx.count = count
+        if split:
+            return tuple(tap.new_zeros(1, 1).expand(rows, size) for size in layout.sizes)
         return tap.new_zeros(1, 1).expand(rows, layout.numel)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        per_example = grad.float()
-        rows = per_example.shape[0]
-        if isinstance(ctx.count, torch.Tensor):  # packed: rows past the sequences count for nothing
-            present = (torch.arange(rows, device=grad.device) < ctx.count).float().unsqueeze(1)
+    def backward(ctx, *grads: torch.Tensor):
+        per_example = [g.float() for g in grads]
+        if isinstance(ctx.count, torch.Tensor):
+            count = ctx.count.reshape(1).float()
         else:
-            present = per_example.new_ones(rows, 1)
-        # one reduction over the rows of [1, c_i, c_i**2] (see `TapLayout`)
-        return torch.cat([present, per_example, per_example.square()], 1).sum(0), None, None, None
+            count = per_example[0].new_full((1,), float(ctx.count))
+        sums = [g.sum(0) for g in per_example]
+        squares = [g.square().sum(0) for g in per_example]
+        return torch.cat([count, *sums, *squares]), None, None, None, None
 
 
-def draw_slots(tap: torch.Tensor, rows: int, count, layout: TapLayout) -> torch.Tensor:
-    """The per-example slots of one forward pass (see `ExampleSlots`)."""
-    return ExampleSlots.apply(tap, rows, count, layout)
+def draw_slots(tap: torch.Tensor, rows: int, count, layout: TapLayout, split: bool = False):
+    """The per-example slots of one forward pass (see `ExampleSlots`): a tensor, or a tuple of
+    one tensor per parameter of ``layout`` (``split``)."""
+    return ExampleSlots.apply(tap, rows, count, layout, split)

@@ -61,8 +61,9 @@ class SlottedNorm:
     layout: TapLayout
     spec: ExampleSpec
 
-    def __call__(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """The norm of ``x`` in the slotted formulation (see module doc): what ``torch.compile`` traces."""
+    def __call__(self, x: torch.Tensor, slots: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The norm of ``x`` in the slotted formulation (see module doc): what ``torch.compile`` traces.
+        ``slots``: one tensor of all parameters' columns, or one tensor per parameter."""
         spec = self.spec
         shape = x.shape
         xc = x.movedim(spec.dim, spec.canonical_dim) if spec.dim != spec.canonical_dim else x
@@ -70,7 +71,8 @@ class SlottedNorm:
             xc = xc.reshape(spec.count, spec.group, *xc.shape[1:])
         params = {n: p for n, p in self.module._parameters.items() if p is not None}
         for k, name in enumerate(self.layout.names):
-            params[name] = _slotted(params[name], slots[:, self.layout.column_slice(k)], xc, spec)
+            column = slots[k] if isinstance(slots, tuple) else slots[:, self.layout.column_slice(k)]
+            params[name] = _slotted(params[name], column, xc, spec)
         formula = self.formula
         if formula is None:  # the module's own forward broadcasts per-example parameters (checked when patched)
             y = call_with_params(self.module, self.forward, params, xc)

@@ -9,6 +9,13 @@ Every run gets a fresh model, Trainer and Python process; variants are interleav
 repeated, and the table reports the median over rounds with gns/baseline ratios of step
 time and peak memory, and how many steps actually logged a GNS value.
 
+``--same_process`` runs every round in one process instead, the variants alternating: the
+host's speed differs between processes on some machines by more than what hf_gns costs;
+within one process the variants see the same host. An eager variant's model is built once
+and trained again by a fresh Trainer in every round; a compiled variant gets a fresh model
+and compilation in every round (a compiled model handed to a second Trainer ran at eager
+speed, H200, torch 2.11).
+
 On the GPU (bf16, fused AdamW), from the repository root:
 
     PYTHONPATH=$PWD python benchmarks/bench_trainer.py      # or: bash benchmarks/gpu.sh trainer
@@ -200,17 +207,27 @@ def training_args(spec: dict[str, Any], output_dir: str) -> TrainingArguments:
     )
 
 
-def run_one(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one (model, micro_batch, variant) from scratch; time steps, memory and GNS logging."""
+_KEPT_MODELS: dict[tuple, tuple[PreTrainedModel, int]] = {}
+
+
+def run_one(spec: dict[str, Any], keep_model: bool = False) -> dict[str, Any]:
+    """Train one (model, micro_batch, variant) from scratch; time steps, memory and GNS logging.
+    ``keep_model``: train the model this variant trained before in this process, if any."""
     set_seed(SEED)
     cuda = torch.cuda.is_available()
     gns = spec["variant"].endswith("_gns")
     patched = gns or spec["variant"].endswith("_patched")
     result: dict[str, Any] = {**spec, "error": None}
     try:
-        model = build_model(spec["model"], spec["tiny"])
+        key = (spec["model"], spec["variant"], spec["micro_batch"])
+        if keep_model and key in _KEPT_MODELS:
+            model, result["patched_modules"] = _KEPT_MODELS[key]
+        else:
+            model = build_model(spec["model"], spec["tiny"])
+            result["patched_modules"] = len(hf_gns.patch_model(model)) if patched else 0
+            if keep_model:
+                _KEPT_MODELS[key] = (model, result["patched_modules"])
         result["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
-        result["patched_modules"] = len(hf_gns.patch_model(model)) if patched else 0
         n = spec["micro_batch"] * spec["grad_accum"] * spec["steps"]
         data = RandomTokens(n, spec["seq"], model.config.vocab_size)
         timer = StepTimer()
@@ -325,7 +342,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true",
                     help="also profile steps measure_from and measure_from+1 (CUDA; slows those steps)")
     ap.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers, seq 32, 3 steps (a CPU smoke test)")
-    ap.add_argument("--timeout", type=float, default=1200, help="seconds allowed per run")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds allowed per run (own process only)")
+    ap.add_argument("--same_process", action="store_true",
+                    help="every round in this process, the variants alternating (see above)")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "bench_trainer.json"))
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -347,29 +366,44 @@ def main(argv: list[str] | None = None) -> None:
         return
     common = {k: getattr(args, k) for k in ("tiny", "profile", *FULL)}
     results: dict[str, Any] = {"config": vars(args), "environment": environment(), "runs": [], "summary": []}
-    for rnd in range(args.rounds):
-        for model in args.models.split(","):
-            for mb in map(int, args.micro_batch.split(",")):
-                for variant in args.variants.split(","):
-                    spec = {"model": model, "micro_batch": mb, "variant": variant, "round": rnd, **common}
-                    run = launch(spec, args.timeout)
-                    print(f"round {rnd} {model} mb={mb} {variant}: s/step={fmt(run.get('s_per_step', math.nan), 4)} "
-                          f"gns={run.get('gns_recorded', '-')}/{run.get('logged_steps', '-')} "
-                          f"error={run.get('error')}", flush=True)
-                    report = run.pop("profile", None)
-                    if report:
-                        print(f"  profile: wall {report['wall_ms_per_step']:.1f} ms/step, kernels "
-                              f"{report['kernel_ms_per_step']:.1f} ms/step ({report['kernels_per_step']:.0f} launches), "
-                              f"callbacks' host ms/step {json.dumps(report['callback_host_ms_per_step'])}", flush=True)
-                        stem = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"profile_{model}_mb{mb}_{variant}_r{rnd}")
-                        with open(stem + ".txt", "w") as f:
-                            f.write(f"{json.dumps({k: v for k, v in report.items() if not k.startswith('top_')})}\n\n"
-                                    f"{report['top_device']}\n\n{report['top_host']}\n")
-                        run["profile"] = {k: v for k, v in report.items() if not k.startswith("top_")}
-                    results["runs"].append(run)
-                    results["summary"] = summarize(results["runs"])
-                    with open(args.out, "w") as f:  # after every run, so a killed job keeps its results
-                        json.dump(results, f, indent=1)
+    groups = [(model, mb) for model in args.models.split(",") for mb in map(int, args.micro_batch.split(","))]
+    if args.same_process:  # one (model, micro-batch) at a time, all its rounds: no graph sees two shapes
+        order = [(rnd, model, mb) for model, mb in groups for rnd in range(args.rounds)]
+    else:
+        order = [(rnd, model, mb) for rnd in range(args.rounds) for model, mb in groups]
+    for rnd, model, mb in order:
+        if args.same_process and rnd == 0:
+            _KEPT_MODELS.clear()
+            torch._dynamo.reset()
+        variants = args.variants.split(",")
+        if args.same_process and rnd % 2:  # ABBA: no variant always runs first
+            variants = variants[::-1]
+        for variant in variants:
+            spec = {"model": model, "micro_batch": mb, "variant": variant, "round": rnd, **common}
+            if args.same_process:
+                compiled = variant.startswith("compiled")
+                if compiled:
+                    torch._dynamo.reset()
+                run = run_one(spec, keep_model=not compiled)
+            else:
+                run = launch(spec, args.timeout)
+            print(f"round {rnd} {model} mb={mb} {variant}: s/step={fmt(run.get('s_per_step', math.nan), 4)} "
+                  f"gns={run.get('gns_recorded', '-')}/{run.get('logged_steps', '-')} "
+                  f"error={run.get('error')}", flush=True)
+            report = run.pop("profile", None)
+            if report:
+                print(f"  profile: wall {report['wall_ms_per_step']:.1f} ms/step, kernels "
+                      f"{report['kernel_ms_per_step']:.1f} ms/step ({report['kernels_per_step']:.0f} launches), "
+                      f"callbacks' host ms/step {json.dumps(report['callback_host_ms_per_step'])}", flush=True)
+                stem = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"profile_{model}_mb{mb}_{variant}_r{rnd}")
+                with open(stem + ".txt", "w") as f:
+                    f.write(f"{json.dumps({k: v for k, v in report.items() if not k.startswith('top_')})}\n\n"
+                            f"{report['top_device']}\n\n{report['top_host']}\n")
+                run["profile"] = {k: v for k, v in report.items() if not k.startswith("top_")}
+            results["runs"].append(run)
+            results["summary"] = summarize(results["runs"])
+            with open(args.out, "w") as f:  # after every run, so a killed job keeps its results
+                json.dump(results, f, indent=1)
     print(f"\n{results['environment']}; results in {args.out}\n")
     print(markdown_table(results["summary"]))
 

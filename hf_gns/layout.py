@@ -148,11 +148,16 @@ class PassCounter:
 
     @torch.compiler.disable
     def place(self, device: torch.device) -> None:
-        """Keep the running totals on ``device`` (outside any compiled graph)."""
+        """Keep the running totals on ``device`` (outside any compiled graph). A compiled forward
+        adds to them in place; marked as a static address, they are an input that CUDA graphs
+        (``mode="reduce-overhead"``) may mutate, instead of a reason to skip the graph."""
         if self.totals is None:
             self.totals = torch.zeros(2, dtype=torch.float64, device=device)
         elif self.totals.device != device:
             self.totals = self.totals.to(device)
+        else:
+            return
+        torch._dynamo.mark_static_address(self.totals)
 
     @property
     def depth(self) -> int:

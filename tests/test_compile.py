@@ -140,6 +140,10 @@ def test_one_graph_no_recompile_across_steps():
         stats = hf_gns.gather_stats(model)
         assert stats.total.num_examples == 6 and stats.tokens == 24
     assert counts == [1] * 6
+    # the token totals, added to in place by that graph, are a static address: under CUDA graphs an
+    # input that the graph mutates must be one, else cudagraph trees skip the graph
+    totals = hf_gns.patch.pass_counters(model)[0].totals
+    assert getattr(totals, "_dynamo_static_input_type", None) == "unguarded"
     taps_per_graph = [sum(node.name.endswith("_tap") for node in g.graph.nodes if node.op == "placeholder")
                       for g in graphs]
     assert sorted(taps_per_graph)[-1] == len(names)

@@ -20,7 +20,8 @@
 #                (SEEDS="1", TOKENS=16000000, ARMS="fixed linear gns small", RUN_TIMEOUT=150 s per run)
 #   time_to_loss_large  the same at a Chinchilla-optimal 10.5M-parameter scale: fixed batches, linear
 #                and GNS-driven arms spread over the GPUs, tokens and steps to a common target against
-#                the fixed-batch frontier (SEED=1, TOKENS=210000000, ARMS="fixed32 fixed128 fixed512 linear gns";
+#                the fixed-batch frontier (SEED=1, TOKENS=210000000, ARMS="fixed32 fixed128 fixed512 linear gns",
+#                CONCURRENT=1 runs each GPU's arms at once;
 #                an arm fixedN_nogns trains fixedN without hf_gns: the cost of hf_gns, from whole runs)
 #   critical_batch  benchmarks/critical_batch.py: branches at several batches from checkpoints of a
 #                time_to_loss_large arm, the critical batch measured directly vs B_simple
@@ -152,22 +153,36 @@ case "$job" in
     # Chinchilla-sized: a 10.5M-parameter Llama (hidden 256, 8 layers, context 512) on TOKENS tokens
     # (default 210M, 20 per parameter) of the site-packages corpus (CHARS characters); arms (ARMS,
     # batches in sequences of 512 tokens): fixed batches, the linear schedule and the GNS-driven policy,
-    # spread over the visible GPUs (each GPU runs its arms one after another); one seed per call (SEED).
+    # spread over the visible GPUs (each GPU runs its arms one after another, or all at once with
+    # CONCURRENT=1, after one short run has tokenized the corpus into a cache they share); one seed
+    # per call (SEED). Tokens and steps to the target do not depend on how arms share a GPU; their
+    # wall time does (question 4 needs arms timed alone).
     ttl_large_setup
     gpus=$(python -c "import torch; print(max(1, torch.cuda.device_count()))")
     arms=(${ARMS:-fixed32 fixed128 fixed512 linear gns})
+    if [ "${CONCURRENT:-0}" = 1 ]; then
+      cmd="python $SRC/examples/train_lm.py $common $(arm_args fixed32_nogns) --max_steps 1 --output_dir /tmp/runs/ttl_tokenize --cache_dir /tmp/cache_ttl"
+      run_logged "$OUT/ttl.log" 300 "$cmd"
+    fi
     for ((g = 0; g < gpus; g++)); do
       (
         export CUDA_VISIBLE_DEVICES=$g
         for ((a = g; a < ${#arms[@]}; a += gpus)); do
           arm=${arms[$a]}
-          cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") --output_dir /tmp/runs/ttl_${arm}_$seed --cache_dir /tmp/cache_gpu$g $*"
-          run_logged "$OUT/ttl_gpu$g.log" "${RUN_TIMEOUT:-300}" "$cmd"
+          if [ "${CONCURRENT:-0}" = 1 ]; then
+            cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") --output_dir /tmp/runs/ttl_${arm}_$seed --cache_dir /tmp/cache_ttl $*"
+            run_logged "$OUT/ttl_${arm}.log" "${RUN_TIMEOUT:-300}" "$cmd" &
+          else
+            cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") --output_dir /tmp/runs/ttl_${arm}_$seed --cache_dir /tmp/cache_gpu$g $*"
+            run_logged "$OUT/ttl_gpu$g.log" "${RUN_TIMEOUT:-300}" "$cmd"
+          fi
         done
+        wait
       ) &
     done
     wait
-    cat "$OUT"/ttl_gpu*.log >> "$OUT/ttl.log"
+    cat "$OUT"/ttl_fixed*.log "$OUT"/ttl_linear.log "$OUT"/ttl_gns.log >> "$OUT/ttl.log" 2>/dev/null || true
+    cat "$OUT"/ttl_gpu*.log >> "$OUT/ttl.log" 2>/dev/null || true
     python benchmarks/time_to_loss.py frontier $(for arm in "${arms[@]}"; do echo "$arm=/tmp/runs/ttl_${arm}_$seed"; done) \
       --json "$OUT/ttl_frontier_$seed.json" --plot "$OUT/ttl_frontier_$seed.png" | tee -a "$OUT/ttl.log"
     tgz ttl_runs_$seed.tgz $(cd /tmp/runs && ls -d ttl_*_$seed)

@@ -25,6 +25,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from figures import finish_plot  # noqa: E402
 
 
 def _positive_batches(text: str, micro_batch: int) -> list[int]:
@@ -186,10 +189,7 @@ def plot(rows: list[dict], tolerance: float, path: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("tokens trained at the checkpoint (millions)")
     ax.set_ylabel("batch (sequences)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    finish_plot(fig, ax, path)
 
 
 def main(argv=None) -> None:

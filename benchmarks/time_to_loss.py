@@ -21,6 +21,9 @@ import site
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from figures import finish_plot  # noqa: E402
 
 
 def prepare(out_dir: str, max_chars: int) -> None:
@@ -182,10 +185,7 @@ def plot_frontier(rows: dict, target: float, path: str) -> None:
     ax.set_xlabel("optimizer steps to target (parallel time)")
     ax.set_ylabel("tokens to target, millions (compute)")
     ax.set_title(f"to eval loss {target:.3f}: lower-left is better")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    finish_plot(fig, ax, path)
 
 
 def main(argv=None) -> None:

@@ -65,7 +65,16 @@ class PatchedNorm:
         self.once: bool | None = None
         self._pass_serial: int | None = None
         self._calls = 0
+        # compiled: a module seen running twice in one pass gets slots (summed over its calls) instead
+        self.shared_in_pass = False
+        self.graph_fold = kernel != "torch" and plan.formula is not None and _load_graph_op()
         self._ensure_tap(self.trainable_layout(), module._parameters[plan.param_names[0]].device)
+
+    def __setstate__(self, state: dict) -> None:
+        """A loaded model (pickle, torch.save) loads the compiled-graph operator as patching does."""
+        self.__dict__.update(state)
+        self.graph_fold = bool(state.get("graph_fold")) and _load_graph_op()
+        self.shared_in_pass = state.get("shared_in_pass", False)
 
     @property
     def original_forward(self) -> Callable:
@@ -168,12 +177,59 @@ class PatchedNorm:
         if self._use_triton(x):
             return self._triton_forward(x, spec, layout, args, kwargs)
         compiling = torch.compiler.is_compiling()
+        if compiling and self.graph_fold and self._folds_in_graph(x, spec):
+            entry = self.counter.slots.get(self)
+            if entry is _FOLDED:  # a second call in one pass: the first one's examples are squared already
+                self.shared_in_pass, self.once = True, False
+                self.counter.problems.append(f"{self.qualname} ran more than once in one forward pass; its calls' "
+                                             "per-example gradients are summed from the next step on")
+                return self.original_forward(*args, **kwargs)
+            if entry is None and not self.shared_in_pass and self.counter.drop_at_holder:
+                return self._folded_forward(x, spec, layout, args, kwargs)
         slots = self._slots(x, spec, layout, split=compiling)
         if slots is None:
             return self.original_forward(*args, **kwargs)
         norm = torch_path.SlottedNorm(self.plan.formula, self.plan.eps, self.module_ref, self.original_forward,
                                       layout, spec)
         return norm(x, slots) if compiling else norm.recorded(x, slots)
+
+    def _folds_in_graph(self, x: torch.Tensor, spec: ExampleSpec) -> bool:
+        """Whether this compiled call can keep the module's own forward and fold its statistics in
+        the Triton backward (`hf_gns.kernels.graph_op`): a known formula, examples in equal blocks of
+        rows, static shapes, and CUDA inputs (or interpreted kernels, ``kernel="triton"``)."""
+        weight = self.module_ref._parameters["weight"]
+        if self.plan.formula is None or spec.packed or spec.group > 1 or weight.dim() != 1:
+            return False
+        if x.shape[-1] != weight.shape[0] or x.shape[-1] > _GRAPH_OP.K.MAX_D:
+            return False
+        if any(not isinstance(size, int) for size in x.shape):
+            return False
+        return x.is_cuda or (self.kernel == "triton" and os.environ.get("TRITON_INTERPRET") == "1")
+
+    def _folded_forward(self, x: torch.Tensor, spec: ExampleSpec, layout: TapLayout, args: tuple, kwargs: dict):
+        """The module's own forward; its backward is the Triton kernels, which fold each example's
+        gradient straight into the tap's (a module that runs once per pass)."""
+        graph_op = _GRAPH_OP
+        params = self.module_ref._parameters
+        weight = params["weight"]
+        bias = params.get("bias") if self.plan.formula.has_bias else None
+        if self.tap is None or self.tap_layout != layout or self.tap.device != weight.device:
+            self._ensure_tap(layout, weight.device)
+        self.counter.slots[self] = _FOLDED
+        cfg = graph_op.kernel_config(self.plan.formula, self.plan.eps, x, weight)
+        moved = spec.dim != spec.canonical_dim
+        xc = x.movedim(spec.dim, spec.canonical_dim) if moved else x
+        x2d = xc.reshape(-1, x.shape[-1])
+        if not x2d.is_contiguous():
+            x2d = x2d.contiguous()
+        with torch.no_grad():
+            y = self.original_forward(*args, **kwargs)
+        positions = tuple(layout.names.index(n) if n in layout.names else -1 for n in ("weight", "bias"))
+        plan = graph_op.FoldPlan(cfg, x2d.shape[0] // spec.count, spec.count, positions, layout.width,
+                                 "weight" in layout.names, "bias" in layout.names)
+        out = graph_op.folded_norm(y.movedim(spec.dim, spec.canonical_dim) if moved else y, x2d, weight, bias,
+                                   self.tap, plan)
+        return out.movedim(spec.canonical_dim, spec.dim) if moved else out
 
     def _triton_forward(self, x: torch.Tensor, spec: ExampleSpec, layout: TapLayout, args: tuple, kwargs: dict):
         """The eager CUDA path: the Triton kernels, folding straight into the tap when the module
@@ -293,6 +349,19 @@ def _triton_importable() -> bool:
     except ImportError:
         return False
     return True
+
+
+_GRAPH_OP = None  # hf_gns.kernels.graph_op once loaded (a compiled forward reads it, never imports it)
+
+
+def _load_graph_op() -> bool:
+    """Load the compiled-graph backward operator (when patching); False without Triton."""
+    global _GRAPH_OP
+    if _GRAPH_OP is None and _triton_importable():
+        from .kernels import graph_op
+
+        _GRAPH_OP = graph_op
+    return _GRAPH_OP is not None
 
 
 @functools.lru_cache(maxsize=None)

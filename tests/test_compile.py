@@ -84,6 +84,9 @@ def test_compiled_families_match_bruteforce(name):
 def test_inductor_fullgraph_matches_bruteforce(name):
     """The default backend, fullgraph=True (no graph break anywhere), ragged right padding,
     three micro-batches, and ALBERT's layer shared by every block (summed before squaring)."""
+    if name == "albert" and DEVICE == "cuda":
+        pytest.skip("on CUDA ALBERT's first compiled step is skipped: "
+                    "test_graph_fold_module_run_twice_in_a_pass_skips_one_step_then_sums")
     model = make_model(name).to(DEVICE)
     ref = clone(model)
     hf_gns.patch_model(model, kernel="auto")
@@ -101,6 +104,126 @@ def test_inductor_fullgraph_matches_bruteforce(name):
     assert stats.total.num_examples == 7
     assert stats.tokens == sum(int(b["attention_mask"].sum()) for b in batches)
     assert_stats_match(stats, _oracle(ref, batches, n), rtol=1e-4, what=f"inductor {name}")
+
+
+FOLD_KERNEL = "auto" if DEVICE == "cuda" else "triton"  # CPU: the Triton kernels under TRITON_INTERPRET=1
+FOLD_BACKEND = "inductor" if DEVICE == "cuda" else "aot_eager"
+
+
+@pytest.fixture
+def fold_calls(monkeypatch):
+    """Counts the backward calls of the graph operator (`hf_gns.kernels.graph_op`)."""
+    from hf_gns.kernels import graph_op
+
+    calls = []
+    real = graph_op._backward_fold
+
+    def counted(*args, **kwargs):
+        calls.append(args[1].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(graph_op, "_backward_fold", counted)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "gemma", "t5"])
+def test_graph_fold_matches_bruteforce(name, fold_calls):
+    """Compiled with the Triton kernels: each norm keeps the model's own forward and folds its
+    examples in the backward operator. Two micro-batches of different sizes, odd lengths, brute force."""
+    model = make_model(name).to(DEVICE)
+    ref = clone(model)
+    hf_gns.patch_model(model, kernel=FOLD_KERNEL)
+    norms = len(hf_gns.patched_module_names(model))
+    sizes = [rand_int(1, 3), rand_int(2, 4)]
+    batches = [{k: v.to(DEVICE) for k, v in b.items()}
+               for b in _micro_batches(name, model, sizes, rand_length(2, 6, *sizes))]
+    n = sum(b["targets"].numel() for b in batches)
+    _train(torch.compile(model, backend=FOLD_BACKEND), batches, n)
+    if DEVICE == "cpu":  # on CUDA inductor launches the kernels from its own code
+        assert len(fold_calls) == 2 * norms, "the compiled backward did not run the graph operator"
+    stats = hf_gns.gather_stats(model)
+    assert not stats.problems
+    assert_stats_match(stats, _oracle(ref, batches, n), rtol=1e-4, what=f"graph fold {name}")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_graph_fold_bf16_autocast_and_checkpointing_match_eager(name, fold_calls):
+    """bf16 autocast and activation checkpointing (the norm recomputed in backward), compiled with
+    the graph operator and eager with the same kernels: the same statistics within bf16 rounding."""
+    model = make_model(name).to(DEVICE)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    hf_gns.patch_model(model, kernel=FOLD_KERNEL)
+    batches = [{k: v.to(DEVICE) for k, v in b.items()} for b in _micro_batches(name, model, [2, 3], 4)]
+    n = sum(b["targets"].numel() for b in batches)
+    results = []
+    for run in (model, torch.compile(model, backend=FOLD_BACKEND)):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            _train(run, batches, n)
+        results.append(hf_gns.gather_stats(model))
+    if DEVICE == "cpu":
+        assert fold_calls, "the compiled backward did not run the graph operator"
+    eager, compiled = results
+    assert set(eager.per_param) == set(compiled.per_param) and eager.per_param
+    for key, want in eager.per_param.items():
+        got = compiled.per_param[key]
+        assert got.num_examples == 5
+        assert abs(got.example_sq_norm_sum - want.example_sq_norm_sum) <= 3e-2 * want.example_sq_norm_sum, key
+
+
+def test_graph_fold_sequence_first_xlnet(fold_calls):
+    """XLNet's hidden states are [T, B, D]: the operator gets the rows in example order (moved
+    to the front) and the output goes back in the model's layout."""
+    import helpers
+    import transformers
+
+    factory = helpers._build(transformers.XLNetLMHeadModel, transformers.XLNetConfig, vocab_size=helpers.VOCAB,
+                             d_model=lambda h: h, n_layer=2, n_head=4, d_inner=40)
+    model = factory().to(DEVICE)
+    ref = clone(model)
+    hf_gns.patch_model(model, kernel=FOLD_KERNEL)
+    B, T = rand_int(2, 3), rand_int(4, 6)  # B != T
+    batch = {"input_ids": torch.randint(0, helpers.VOCAB, (B, T), device=DEVICE),
+             "targets": torch.randint(0, helpers.VOCAB, (B, T), device=DEVICE)}
+    _train(torch.compile(model, backend=FOLD_BACKEND), [batch], B * T)
+    if DEVICE == "cpu":
+        assert fold_calls and all(shape[0] == B * T for shape in fold_calls)
+    assert_stats_match(hf_gns.gather_stats(model), _oracle(ref, [batch], B * T), rtol=1e-4, what="xlnet graph fold")
+
+
+def test_graph_fold_loaded_in_a_fresh_process(monkeypatch):
+    """A pickled patched model, loaded where the operator was never imported (a fresh process),
+    loads it, so its compiled backward is the graph operator again."""
+    import pickle
+
+    model = make_model("llama")
+    hf_gns.patch_model(model, kernel="triton")
+    data = pickle.dumps(model)
+    monkeypatch.setattr(hf_gns.patch, "_GRAPH_OP", None)
+    loaded = pickle.loads(data)
+    states = [state for _, state in hf_gns.patch.patched_modules(loaded)]
+    assert states and all(state.graph_fold for state in states)
+    assert hf_gns.patch._GRAPH_OP is not None
+
+
+def test_graph_fold_module_run_twice_in_a_pass_skips_one_step_then_sums(fold_calls):
+    """ALBERT runs one layer for every block: the first compiled pass folded its first call, so
+    that step is skipped, with the reason; the graph compiled next gives the layer slots, which
+    sum its calls per example before squaring."""
+    model = make_model("albert").to(DEVICE)
+    ref = clone(model)
+    hf_gns.patch_model(model, kernel=FOLD_KERNEL)
+    run = torch.compile(model, backend=FOLD_BACKEND)
+    first = [{k: v.to(DEVICE) for k, v in b.items()} for b in _micro_batches("albert", model, [2], 3)]
+    _train(run, first, 6)
+    with pytest.warns(UserWarning, match="ran more than once in one forward pass"):
+        assert hf_gns.gather_stats(model).problems
+    batches = [{k: v.to(DEVICE) for k, v in b.items()}
+               for b in _micro_batches("albert", model, [3, 2], rand_length(2, 5, 3, 2))]
+    n = sum(b["targets"].numel() for b in batches)
+    _train(run, batches, n)
+    stats = hf_gns.gather_stats(model)
+    assert not stats.problems
+    assert_stats_match(stats, _oracle(ref, batches, n), rtol=1e-4, what="graph fold, shared layer")
 
 
 def test_compiled_equals_eager_statistics_and_grads():

@@ -291,6 +291,35 @@ def test_wide_rows_bias_summed_outside_the_kernel(dtype, shape, monkeypatch):
     assert _rel(m.bias.grad, b64.grad) <= tol
 
 
+@pytest.mark.parametrize("tile", [4, 32])
+@pytest.mark.parametrize(("examples", "items", "channels"),
+                         [(1, 1, 1), (2, 70, 2), (7, 5, 2), (3, 16, 1), (40, 2, 2), (5, 1, 2)])
+def test_fold_sums_items_per_example_then_squares(examples, items, channels, tile, monkeypatch):
+    """The fold kernel alone, on random partials, against float64: both tilings (TILE items of one
+    example per load, or item j of TILE examples), several tiles per loop, D spanning several
+    programs and not a multiple of the block."""
+    monkeypatch.setattr(triton_norm, "FOLD_TILE", tile)
+    monkeypatch.setattr(triton_norm, "FOLD_MAX_ITEMS", tile)
+    D = 150
+    partial = torch.randn(examples * items, channels, D, device=DEVICE)
+    weight = torch.randn(D, device=DEVICE)
+    bias = torch.randn(D, device=DEVICE) if channels == 2 else None
+    names = 1 + (channels == 2)
+    positions = (1, 0) if channels == 2 else (0, -1)  # the bias first in the tap: positions are honoured
+    dw, db, out = triton_norm.fold_examples(partial, examples, float(examples), weight, bias, True, True, positions,
+                                            1 + 2 * names * D)
+    per_example = partial.double().view(examples, items, channels, D).sum(1)
+    assert out[0].item() == examples
+    for channel, k in enumerate(positions[:channels]):
+        c = per_example[:, channel]
+        assert _rel(out[1 + k * D : 1 + (k + 1) * D], c.sum(0)) <= 1e-6
+        squares = 1 + names * D + k * D
+        assert _rel(out[squares : squares + D], c.pow(2).sum(0)) <= 1e-6
+    assert _rel(dw, per_example[:, 0].sum(0)) <= 1e-6
+    if bias is not None:
+        assert _rel(db, per_example[:, 1].sum(0)) <= 1e-6
+
+
 def _run_folded(formula, x, m, plan, dy, names, segments=None):
     """Forward + backward with the statistics folded into a tap (a module called once per pass)."""
     from hf_gns.slots import TapLayout

@@ -4,8 +4,10 @@
 per-example slots of `hf_gns.slots` and where the examples are (an `ExampleSpec`). Its
 backward returns dx, dweight / dbias and, as the gradient of the slots, each example's
 gradient of the parameters (float32), computed by the same kernel pass. Used in eager mode
-on CUDA; under ``torch.compile`` the PyTorch formulation (`hf_gns.torch_path`) is traced
-instead, so inductor fuses it with the rest of the graph.
+on CUDA. Under ``torch.compile`` a module called once per pass keeps its own forward and gets
+the same backward kernels as one graph operator (`hf_gns.kernels.graph_op`); the other calls
+(packed sequences, a module called several times per pass, CPU) trace the PyTorch
+formulation (`hf_gns.torch_path`).
 """
 
 from __future__ import annotations

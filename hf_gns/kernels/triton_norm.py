@@ -64,8 +64,8 @@ def _norm_fwd_kernel(
 def _norm_bwd_kernel(
     DY, X, W, MEAN, RSTD, DX, PARTIAL, ITEMS,
     D, stride_dy, stride_x, stride_dx, stride_partial, rows_per_example, chunks_per_example, chunk_rows,
-    CENTERED: tl.constexpr, HAS_BIAS: tl.constexpr, OFFSET: tl.constexpr, ROUND: tl.constexpr,
-    USE_TABLE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    EPS: tl.constexpr, CENTERED: tl.constexpr, HAS_BIAS: tl.constexpr, OFFSET: tl.constexpr, ROUND: tl.constexpr,
+    USE_TABLE: tl.constexpr, RECOMPUTE: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if USE_TABLE:
@@ -87,10 +87,16 @@ def _norm_bwd_kernel(
         rows64 = rows.to(tl.int64)
         x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
-        if CENTERED:
-            mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
-            x = tl.where(mask, x - mean[:, None], 0.0)
+        if RECOMPUTE:  # mean and rstd from the rows themselves, as the forward kernel computes them
+            if CENTERED:
+                mean = tl.sum(x, axis=1) / D
+                x = tl.where(mask, x - mean[:, None], 0.0)
+            rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / D + EPS)
+        else:
+            rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+            if CENTERED:
+                mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
+                x = tl.where(mask, x - mean[:, None], 0.0)
         normed = x * rstd[:, None]
         acc_w += tl.sum(dy * _round(normed, ROUND), axis=0)
         if HAS_BIAS:
@@ -114,36 +120,56 @@ def _fold_kernel(
     PARTIAL, DW, DB, OUT,
     D, n_examples, items_per_example, count,
     HAS_BIAS: tl.constexpr, CHANNELS: tl.constexpr, WRITE_DW: tl.constexpr, WRITE_DB: tl.constexpr,
-    TAP_W: tl.constexpr, TAP_B: tl.constexpr, N_NAMES: tl.constexpr, EXAMPLES: tl.constexpr, BLOCK: tl.constexpr,
+    TAP_W: tl.constexpr, TAP_B: tl.constexpr, N_NAMES: tl.constexpr, ITEMS_TILED: tl.constexpr,
+    TILE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Fold per-item partial gradients ``[examples * items_per_example, 1 or 2, D]`` (float32,
     contiguous, each example's items adjacent) of one column block into a tap's gradient
     (`TapLayout`): c_i = the sum of example i's items, then sum_i c_i and sum_i c_i**2 of the
-    block's columns (and the count, from program 0), and DW / DB. Examples are read EXAMPLES
-    at a time. TAP_W / TAP_B: the tap position of the weight / bias (-1: not in the tap)."""
+    block's columns (and the count, from program 0), and DW / DB. A tile of TILE rows holds
+    TILE items of one example (ITEMS_TILED: few examples of many items each) or item j of TILE
+    examples. TAP_W / TAP_B: the tap position of the weight / bias (-1: not in the tap)."""
     pid = tl.program_id(0)
     cols = pid * BLOCK + tl.arange(0, BLOCK)
     col_ok = cols < D
+    lanes = tl.arange(0, TILE)
     sum_w = tl.zeros([BLOCK], dtype=tl.float32)
     sq_w = tl.zeros([BLOCK], dtype=tl.float32)
     sum_b = tl.zeros([BLOCK], dtype=tl.float32)
     sq_b = tl.zeros([BLOCK], dtype=tl.float32)
-    for first in range(0, n_examples, EXAMPLES):
-        examples = first + tl.arange(0, EXAMPLES)
-        mask = (examples < n_examples)[:, None] & col_ok[None, :]
-        item0 = examples.to(tl.int64) * items_per_example
-        c_w = tl.zeros([EXAMPLES, BLOCK], dtype=tl.float32)
-        c_b = tl.zeros([EXAMPLES, BLOCK], dtype=tl.float32)
-        for j in range(0, items_per_example):
-            rows = PARTIAL + ((item0 + j) * CHANNELS * D)[:, None] + cols[None, :]
-            c_w += tl.load(rows, mask=mask, other=0.0)
+    if ITEMS_TILED:
+        for example in range(0, n_examples):
+            c_w = tl.zeros([BLOCK], dtype=tl.float32)
+            c_b = tl.zeros([BLOCK], dtype=tl.float32)
+            for first in range(0, items_per_example, TILE):
+                items = first + lanes
+                mask = (items < items_per_example)[:, None] & col_ok[None, :]
+                rows = PARTIAL + ((example * items_per_example + items).to(tl.int64) * CHANNELS * D)[:, None] + cols[None, :]
+                c_w += tl.sum(tl.load(rows, mask=mask, other=0.0), axis=0)
+                if HAS_BIAS:
+                    c_b += tl.sum(tl.load(rows + D, mask=mask, other=0.0), axis=0)
+            sum_w += c_w
+            sq_w += c_w * c_w
             if HAS_BIAS:
-                c_b += tl.load(rows + D, mask=mask, other=0.0)
-        sum_w += tl.sum(c_w, axis=0)
-        sq_w += tl.sum(c_w * c_w, axis=0)
-        if HAS_BIAS:
-            sum_b += tl.sum(c_b, axis=0)
-            sq_b += tl.sum(c_b * c_b, axis=0)
+                sum_b += c_b
+                sq_b += c_b * c_b
+    else:
+        for first in range(0, n_examples, TILE):
+            examples = first + lanes
+            mask = (examples < n_examples)[:, None] & col_ok[None, :]
+            item0 = examples.to(tl.int64) * items_per_example
+            c_w = tl.zeros([TILE, BLOCK], dtype=tl.float32)
+            c_b = tl.zeros([TILE, BLOCK], dtype=tl.float32)
+            for j in range(0, items_per_example):
+                rows = PARTIAL + ((item0 + j) * CHANNELS * D)[:, None] + cols[None, :]
+                c_w += tl.load(rows, mask=mask, other=0.0)
+                if HAS_BIAS:
+                    c_b += tl.load(rows + D, mask=mask, other=0.0)
+            sum_w += tl.sum(c_w, axis=0)
+            sq_w += tl.sum(c_w * c_w, axis=0)
+            if HAS_BIAS:
+                sum_b += tl.sum(c_b, axis=0)
+                sq_b += tl.sum(c_b * c_b, axis=0)
     if WRITE_DW:
         tl.store(DW + cols, sum_w.to(DW.dtype.element_ty), mask=col_ok)
     if WRITE_DB:
@@ -224,12 +250,21 @@ def chunk_rows_for(n_rows: int, device: torch.device, rows: int) -> int:
     return max(rows, triton.cdiv(chunk, rows) * rows)
 
 
+def _direct(kernel):
+    return kernel
+
+
 def norm_backward(
-    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor | None, rstd: torch.Tensor | None,
     has_bias: bool, centered: bool, offset: float, round_to: torch.dtype | None,
-    rows_per_example: int, items: torch.Tensor | None,
+    rows_per_example: int, items: torch.Tensor | None, eps: float = 0.0, launch=_direct,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dx and the per-item partial sums ``[items, 1 or 2, D]`` (float32) of dweight (and dbias).
+
+    ``rstd`` None: the kernel recomputes mean and rstd from ``x`` (with ``eps``, a compile-time
+    constant: a float argument would reach the kernel as float64 from inductor's launcher), as
+    the forward kernel does. ``launch`` wraps each kernel before its launch (``torch.library.wrap_triton``
+    inside a compiled graph's operator).
 
     Items are either ``items`` (an int32 ``[n, 2]`` table of row ranges) or every example of
     ``rows_per_example`` rows cut into equal chunks, in example order; the caller maps items
@@ -247,13 +282,15 @@ def norm_backward(
         n_items = (n_rows // rows_per_example) * per_example
     partial = _empty((n_items, 2 if has_bias else 1, D), torch.float32, x.device)
     separate_bias = has_bias and items is None and D >= SEPARATE_BIAS_FROM
+    recompute = rstd is None
+    stats = x if recompute else rstd  # a pointer the kernel does not read when it recomputes
     if n_items:
-        _norm_bwd_kernel[(n_items,)](
-            dy, x, weight, mean if centered else rstd, rstd, dx, partial,
-            items if items is not None else rstd,
+        launch(_norm_bwd_kernel)[(n_items,)](
+            dy, x, weight, mean if centered and not recompute else stats, stats, dx, partial,
+            items if items is not None else stats,
             D, dy.stride(0), x.stride(0), dx.stride(0), partial.stride(0), rows_per_example, per_example, chunk,
-            CENTERED=centered, HAS_BIAS=has_bias and not separate_bias, OFFSET=offset, ROUND=ROUND_CODES[round_to],
-            USE_TABLE=items is not None, ROWS=rows, BLOCK_D=block_d,
+            EPS=float(eps) if recompute else 0.0, CENTERED=centered, HAS_BIAS=has_bias and not separate_bias, OFFSET=offset,
+            ROUND=ROUND_CODES[round_to], USE_TABLE=items is not None, RECOMPUTE=recompute, ROWS=rows, BLOCK_D=block_d,
             num_warps=backward_warps(block_d, centered and not separate_bias, x.element_size()),
         )
     if separate_bias and n_items:
@@ -263,14 +300,30 @@ def norm_backward(
     return dx, partial
 
 
-#: Columns per program and examples per load of `fold_examples`.
-FOLD_BLOCK = 128
-FOLD_EXAMPLES = 16
+#: `fold_examples` loads tiles of about FOLD_LOAD elements: FOLD_TILE examples x FOLD_BLOCK columns
+#: (item j of each), or, when every example has at least FOLD_TILE / 2 items (a small micro-batch
+#: of long sequences: GPT-2 at 2 x 1024 tokens has 256 items per example), up to FOLD_MAX_ITEMS
+#: items of one example by as many columns as fill the tile. The first alone left all but two
+#: rows of each tile empty and ran 256 dependent loads per program: 208 us per LayerNorm, 40 us
+#: with items tiled as here (H200, `benchmarks/RESULTS.md` 0*). Larger tiles (4096 elements, up
+#: to 128 items) need fewer loads in a row; they pass the tests but are not measured yet.
+FOLD_LOAD = 2048
+FOLD_BLOCK = 64
+FOLD_TILE = 32
+FOLD_MAX_ITEMS = 32
+
+
+def fold_tiling(items_per_example: int) -> tuple[bool, int, int]:
+    """(items tiled, rows per tile, columns per program) of `fold_examples`."""
+    if items_per_example >= FOLD_TILE // 2:
+        tile = min(FOLD_MAX_ITEMS, triton.next_power_of_2(items_per_example))
+        return True, tile, max(32, FOLD_LOAD // tile)
+    return False, FOLD_TILE, FOLD_BLOCK
 
 
 def fold_examples(
     partial: torch.Tensor, n_examples: int, count: float, weight: torch.Tensor, bias: torch.Tensor | None,
-    need_dw: bool, need_db: bool, tap_positions: tuple[int, int], width: int,
+    need_dw: bool, need_db: bool, tap_positions: tuple[int, int], width: int, launch=_direct,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """dweight, dbias and a tap's gradient from per-item partial gradients ``[examples * k, 1 or 2,
     D]`` (float32; each example's k items adjacent; channel 0 the weight's, 1 the bias's), in one
@@ -287,11 +340,12 @@ def fold_examples(
     db = _empty(D, bias.dtype, bias.device) if need_db and bias is not None else None
     out = _empty(width, torch.float32, partial.device)
     n_names = sum(1 for k in tap_positions if k >= 0)
-    _fold_kernel[(triton.cdiv(D, FOLD_BLOCK),)](
+    items_tiled, tile, block = fold_tiling(n_items // n_examples)
+    launch(_fold_kernel)[(triton.cdiv(D, block),)](
         partial, dw if dw is not None else out, db if db is not None else out, out,
         D, n_examples, n_items // n_examples, float(count),
         HAS_BIAS=channels == 2, CHANNELS=channels, WRITE_DW=dw is not None, WRITE_DB=db is not None,
         TAP_W=tap_positions[0], TAP_B=tap_positions[1], N_NAMES=n_names,
-        EXAMPLES=FOLD_EXAMPLES, BLOCK=FOLD_BLOCK, num_warps=4,
+        ITEMS_TILED=items_tiled, TILE=tile, BLOCK=block, num_warps=4,
     )
     return dw, db, out

@@ -433,8 +433,10 @@ def test_bf16_autocast_compiled_matches_eager(name):
         assert abs(got.example_sq_norm_sum - want.example_sq_norm_sum) <= 3e-2 * want.example_sq_norm_sum, key
 
 
-def test_trainer_torch_compile_logs_gns_every_step(tmp_path, monkeypatch):
-    """Trainer(torch_compile=True): GNS on every step, equal to the eager Trainer run's."""
+@pytest.mark.parametrize("kernel", ["auto", "triton"])
+def test_trainer_torch_compile_logs_gns_every_step(tmp_path, monkeypatch, kernel, fold_calls):
+    """Trainer(torch_compile=True): GNS on every step, equal to the eager Trainer run's; with the
+    Triton kernels (interpreted on CPU) the compiled backward runs the graph operator."""
     from transformers import Trainer, TrainingArguments
 
     for key in [k for k in os.environ if k.startswith("ACCELERATE_DYNAMO")]:
@@ -449,7 +451,7 @@ def test_trainer_torch_compile_logs_gns_every_step(tmp_path, monkeypatch):
     for compiled in (False, True):
         torch.manual_seed(0)
         model = make_model("llama")
-        hf_gns.patch_model(model)
+        hf_gns.patch_model(model, kernel=kernel)
         args = TrainingArguments(output_dir=str(tmp_path / str(compiled)), per_device_train_batch_size=2,
                                  gradient_accumulation_steps=2, max_steps=3, logging_steps=1, report_to=[],
                                  save_strategy="no", torch_compile=compiled, use_cpu=DEVICE == "cpu", disable_tqdm=True,
@@ -458,6 +460,8 @@ def test_trainer_torch_compile_logs_gns_every_step(tmp_path, monkeypatch):
         Trainer(model=model, args=args, train_dataset=RandomTokens(24, 6, 50, seed=1), callbacks=[gns]).train()
         logs[compiled] = gns.history
     assert [r["gns/skipped"] for r in logs[True]] == [0.0, 0.0, 0.0]
+    if kernel == "triton" and DEVICE == "cpu":
+        assert fold_calls, "the compiled backward did not run the graph operator"
     for eager_row, compiled_row in zip(logs[False], logs[True]):
         for key in ("gns/step_g2", "gns/step_trace_sigma", "gns/examples", "gns/tokens"):
             assert compiled_row[key] == pytest.approx(eager_row[key], rel=1e-3, abs=1e-9), key

@@ -320,6 +320,40 @@ def test_fold_sums_items_per_example_then_squares(examples, items, channels, til
         assert _rel(db, per_example[:, 1].sum(0)) <= 1e-6
 
 
+@pytest.mark.parametrize("formula", KNOWN_FORMULAS, ids=lambda f: f.name)
+@pytest.mark.parametrize("shape", [(3, 5, 72), (1, 1, 33), (2, 7, 129)], ids=lambda s: "x".join(map(str, s)))
+def test_graph_operator_backward_against_float64(formula, shape):
+    """The compiled graph's backward (`graph_op.norm_backward_fold` body: mean and rstd recomputed
+    from x, then the fold), called directly: dx, dweight, dbias and the tap's per-example sums
+    against float64 brute force, for every formula."""
+    from hf_gns.kernels import graph_op
+
+    B, T, D = shape
+    m, plan = _make_module(formula, D, torch.float32)
+    x = torch.randn(B, T, D, device=DEVICE) * 2 + 0.5
+    dy = torch.randn(B, T, D, device=DEVICE)
+    cfg = op.kernel_config(formula, EPS, x, m.weight)
+    names = 1 + formula.has_bias
+    dx, dw, db, tap = graph_op._backward_fold(
+        dy.reshape(-1, D), x.reshape(-1, D), m.weight, m.bias, EPS, cfg.centered, cfg.offset,
+        triton_norm.ROUND_CODES[cfg.round_to], T, B, 0, 1 if formula.has_bias else -1, 1 + 2 * names * D,
+        True, formula.has_bias, triton_norm._direct)
+    x64 = x.double().requires_grad_()
+    w64 = m.weight.detach().double().requires_grad_()
+    b64 = m.bias.detach().double().requires_grad_() if m.bias is not None else None
+    _oracle_forward(formula, x64, w64, b64).backward(dy.double())
+    assert _rel(dx.view(B, T, D), x64.grad) <= 1e-5 or D == 1
+    assert _rel(dw, w64.grad) <= 1e-5
+    per = _brute_force(formula, m, x, dy)
+    assert tap[0].item() == B
+    for k in range(names):
+        assert _rel(tap[1 + k * D : 1 + (k + 1) * D], per[k].sum(0)) <= 1e-5
+        squares = 1 + names * D + k * D
+        assert _rel(tap[squares : squares + D], per[k].pow(2).sum(0)) <= 1e-5
+    if formula.has_bias:
+        assert _rel(db, b64.grad) <= 1e-5
+
+
 def _run_folded(formula, x, m, plan, dy, names, segments=None):
     """Forward + backward with the statistics folded into a tap (a module called once per pass)."""
     from hf_gns.slots import TapLayout

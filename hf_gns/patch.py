@@ -200,7 +200,7 @@ class PatchedNorm:
         weight = self.module_ref._parameters["weight"]
         if self.plan.formula is None or spec.packed or spec.group > 1 or weight.dim() != 1:
             return False
-        if x.shape[-1] != weight.shape[0] or x.shape[-1] > _GRAPH_OP.K.MAX_D:
+        if x.shape[-1] != weight.shape[0] or x.shape[-1] > _GRAPH_OP.MAX_D:
             return False
         if any(not isinstance(size, int) for size in x.shape):
             return False
@@ -216,7 +216,7 @@ class PatchedNorm:
         if self.tap is None or self.tap_layout != layout or self.tap.device != weight.device:
             self._ensure_tap(layout, weight.device)
         self.counter.slots[self] = _FOLDED
-        cfg = graph_op.kernel_config(self.plan.formula, self.plan.eps, x, weight)
+        plan = graph_op.fold_plan(self.plan.formula, self.plan.eps, x, weight, spec.count, layout)
         moved = spec.dim != spec.canonical_dim
         xc = x.movedim(spec.dim, spec.canonical_dim) if moved else x
         x2d = xc.reshape(-1, x.shape[-1])
@@ -224,9 +224,6 @@ class PatchedNorm:
             x2d = x2d.contiguous()
         with torch.no_grad():
             y = self.original_forward(*args, **kwargs)
-        positions = tuple(layout.names.index(n) if n in layout.names else -1 for n in ("weight", "bias"))
-        plan = graph_op.FoldPlan(cfg, x2d.shape[0] // spec.count, spec.count, positions, layout.width,
-                                 "weight" in layout.names, "bias" in layout.names)
         out = graph_op.folded_norm(y.movedim(spec.dim, spec.canonical_dim) if moved else y, x2d, weight, bias,
                                    self.tap, plan)
         return out.movedim(spec.canonical_dim, spec.dim) if moved else out

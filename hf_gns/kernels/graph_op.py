@@ -19,9 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch.library import custom_op, triton_op, wrap_triton
 
+from ..formulas import NormFormula
+from ..slots import TapLayout
 from . import triton_norm as K
-from .op import KernelConfig, kernel_config  # noqa: F401  (kernel_config: read by hf_gns.patch)
+from .op import KernelConfig, kernel_config
 
+MAX_D = K.MAX_D
 _ROUND_DTYPES = {code: dtype for dtype, code in K.ROUND_CODES.items()}
 
 
@@ -37,6 +40,16 @@ class FoldPlan:
     width: int
     need_dw: bool
     need_db: bool
+
+
+def fold_plan(formula: NormFormula, eps: float, x: torch.Tensor, weight: torch.Tensor, count: int,
+              layout: TapLayout) -> FoldPlan:
+    """The plan of one call on ``x`` (``count`` examples of equal row blocks) for the parameters
+    of ``layout``, with the casting order the module's own forward has in this autocast state."""
+    positions = tuple(layout.names.index(n) if n in layout.names else -1 for n in ("weight", "bias"))
+    rows = x.numel() // x.shape[-1]
+    return FoldPlan(kernel_config(formula, eps, x, weight), rows // count, count, positions, layout.width,
+                    "weight" in layout.names, "bias" in layout.names)
 
 
 def _backward_fold(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,

@@ -1,10 +1,11 @@
 """Helper for test_ddp.py (not a test module): 2 gloo ranks on CPU, DistributedDataParallel or
 FSDP2 (``fully_shard`` on every decoder layer and the root).
 
-Usage: python ddp_worker.py <dir> [compiled] [fsdp2] — <dir> holds a saved tiny model (`model/`) and `batch.pt`
+Usage: python ddp_worker.py <dir> [compiled] [fsdp2] [triton] — <dir> holds a saved tiny model (`model/`) and `batch.pt`
 (input_ids [8, T], targets [8, T]). Rank r trains on rows [4r, 4r + 4) with its own mean token
 loss (DDP then averages the gradients) and writes `rank{r}.json`: gather_stats and the
-norm parameters' averaged gradients.
+norm parameters' averaged gradients. ``triton``: the Triton kernels (interpreted on CPU: set
+TRITON_INTERPRET=1), so a compiled run's norms take the compiled graph's backward operator.
 """
 
 import json
@@ -17,7 +18,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 
-def run(rank: int, world: int, directory: str, port: int, compiled: bool, fsdp2: bool = False) -> None:
+def run(rank: int, world: int, directory: str, port: int, compiled: bool, fsdp2: bool = False,
+        kernel: str = "torch") -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
@@ -28,7 +30,13 @@ def run(rank: int, world: int, directory: str, port: int, compiled: bool, fsdp2:
 
         model = AutoModelForCausalLM.from_pretrained(os.path.join(directory, "model"))
         model.train()
-        hf_gns.patch_model(model, kernel="torch")
+        hf_gns.patch_model(model, kernel=kernel)
+        fold_calls = []
+        if kernel == "triton":  # count the compiled graph's backward operator calls
+            from hf_gns.kernels import graph_op
+
+            real = graph_op._backward_fold
+            graph_op._backward_fold = lambda *a, **k: fold_calls.append(1) or real(*a, **k)
         if fsdp2:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
@@ -59,6 +67,7 @@ def run(rank: int, world: int, directory: str, port: int, compiled: bool, fsdp2:
             "tokens": stats.tokens,
             "problems": list(stats.problems),
             "grad_sq": grads,
+            "fold_calls": len(fold_calls),
         }
         with open(os.path.join(directory, f"rank{rank}.json"), "w") as f:
             json.dump(out, f)
@@ -83,5 +92,6 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 
 if __name__ == "__main__":
     directory = sys.argv[1]
-    mp.spawn(run, args=(2, directory, free_port(), "compiled" in sys.argv[2:], "fsdp2" in sys.argv[2:]), nprocs=2,
-             join=True)
+    flags = sys.argv[2:]
+    mp.spawn(run, args=(2, directory, free_port(), "compiled" in flags, "fsdp2" in flags,
+                        "triton" if "triton" in flags else "torch"), nprocs=2, join=True)

@@ -1,6 +1,7 @@
 """gather_stats under DistributedDataParallel (2 CPU ranks, gloo), eager and torch.compile'd (DDP's
 graph splitting at bucket boundaries), and under FSDP2 (``fully_shard``, eager and compiled),
-== one process on the full batch."""
+== one process on the full batch. ``triton``: the Triton kernels, interpreted, so that the compiled runs
+take the compiled graph's backward operator (`hf_gns.kernels.graph_op`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import hf_gns
 from helpers import make_model, rand_length, rel_err
 
 
-@pytest.mark.parametrize("mode", ["eager", "compiled", "fsdp2 eager", "fsdp2 compiled"])
+@pytest.mark.parametrize("mode", ["eager", "compiled", "fsdp2 eager", "fsdp2 compiled", "compiled triton",
+                                  "fsdp2 compiled triton"])
 def test_ddp_two_ranks_equal_single_process(tmp_path, mode):
     model = make_model("llama")
     model.save_pretrained(tmp_path / "model")
@@ -27,7 +29,7 @@ def test_ddp_two_ranks_equal_single_process(tmp_path, mode):
     torch.save(batch, tmp_path / "batch.pt")
 
     worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, worker, str(tmp_path), *mode.split()], capture_output=True, text=True,
                           timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -38,6 +40,8 @@ def test_ddp_two_ranks_equal_single_process(tmp_path, mode):
     assert ranks[0]["total"] == ranks[1]["total"]
     assert ranks[0]["tokens"] == ranks[1]["tokens"] == 8 * T
     assert not ranks[0]["problems"]
+    if mode.endswith("compiled triton"):
+        assert all(r["fold_calls"] > 0 for r in ranks), "the compiled backward did not run the graph operator"
 
     # one process, the full batch of 8, loss = mean over all 8 examples' tokens
     hf_gns.patch_model(model, kernel="torch")

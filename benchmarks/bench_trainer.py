@@ -12,7 +12,8 @@ time and peak memory, and how many steps actually logged a GNS value.
 ``--same_process`` runs every round in one process instead, the variants alternating: the
 host's speed differs between processes on some machines by more than what hf_gns costs;
 within one process the variants see the same host. An eager variant's model is built once
-and trained again by a fresh Trainer in every round; a compiled variant gets a fresh model
+and trained again by a fresh Trainer in every round (the other variants' models wait on the CPU
+meanwhile, so peak memory is the run's own); a compiled variant gets a fresh model
 and compilation in every round (a compiled model handed to a second Trainer ran at eager
 speed, H200, torch 2.11).
 
@@ -220,6 +221,10 @@ def run_one(spec: dict[str, Any], keep_model: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {**spec, "error": None}
     try:
         key = (spec["model"], spec["variant"], spec["micro_batch"])
+        if cuda:  # the other variants' kept models wait on the CPU: the peak memory is this run's own
+            for other_key, (other, _) in _KEPT_MODELS.items():
+                if other_key != key:
+                    other.to("cpu")
         if keep_model and key in _KEPT_MODELS:
             model, result["patched_modules"] = _KEPT_MODELS[key]
         else:

@@ -115,17 +115,22 @@ class PatchedNorm:
         elif self.tap is None or self.tap_layout != layout or self.tap.device != device:
             self.tap, self.tap_layout = new_tap(layout, device), layout
 
+    def _tap_for(self, layout: TapLayout, device: torch.device) -> torch.Tensor:
+        """The tap for ``layout`` on ``device``, made first if needed (`_ensure_tap` breaks a compiled
+        graph, so it is called only when there is something to make)."""
+        if self.tap is None or self.tap_layout != layout or self.tap.device != device:
+            self._ensure_tap(layout, device)
+        return self.tap
+
     def _slots(self, x: torch.Tensor, spec: ExampleSpec, layout: TapLayout, split: bool = False):
         """This pass's per-example slots of the module (shared by all its calls in the pass): one
         tensor, or one per parameter (``split``, see `ExampleSlots`)."""
         slots = self.counter.slots.get(self)
         rows = spec.count
         if slots is None:
-            device = self.module_ref._parameters[layout.names[0]].device
-            if self.tap is None or self.tap_layout != layout or self.tap.device != device:
-                self._ensure_tap(layout, device)
+            tap = self._tap_for(layout, self.module_ref._parameters[layout.names[0]].device)
             count = self.counter.packed.count if spec.packed else rows
-            slots = self.counter.slots[self] = draw_slots(self.tap, rows, count, layout, split)
+            slots = self.counter.slots[self] = draw_slots(tap, rows, count, layout, split)
         elif isinstance(slots, tuple) != split:
             self.counter.problems.append(f"{self.qualname}: calls within one forward ran compiled and eager")
             return None
@@ -213,19 +218,15 @@ class PatchedNorm:
         params = self.module_ref._parameters
         weight = params["weight"]
         bias = params.get("bias") if self.plan.formula.has_bias else None
-        if self.tap is None or self.tap_layout != layout or self.tap.device != weight.device:
-            self._ensure_tap(layout, weight.device)
+        tap = self._tap_for(layout, weight.device)
         self.counter.slots[self] = _FOLDED
         plan = graph_op.fold_plan(self.plan.formula, self.plan.eps, x, weight, spec.count, layout)
         moved = spec.dim != spec.canonical_dim
-        xc = x.movedim(spec.dim, spec.canonical_dim) if moved else x
-        x2d = xc.reshape(-1, x.shape[-1])
-        if not x2d.is_contiguous():
-            x2d = x2d.contiguous()
+        _, x2d = graph_op.canonical_rows(x, spec)
         with torch.no_grad():
             y = self.original_forward(*args, **kwargs)
         out = graph_op.folded_norm(y.movedim(spec.dim, spec.canonical_dim) if moved else y, x2d, weight, bias,
-                                   self.tap, plan)
+                                   tap, plan)
         return out.movedim(spec.canonical_dim, spec.dim) if moved else out
 
     def _triton_forward(self, x: torch.Tensor, spec: ExampleSpec, layout: TapLayout, args: tuple, kwargs: dict):
@@ -245,13 +246,11 @@ class PatchedNorm:
         cfg = op.cached_config(self.plan.formula, self.plan.eps, x, weight)
         channels = tuple(("weight", "bias").index(n) for n in layout.names)
         if self.once and not folded and self.counter.slots.get(self) is None:
-            if self.tap is None or self.tap_layout != layout or self.tap.device != weight.device:
-                self._ensure_tap(layout, weight.device)
+            tap = self._tap_for(layout, weight.device)
             self.counter.slots[self] = _FOLDED
             count = len(spec.segments) - 1 if spec.packed else spec.count
-            positions = tuple(layout.names.index(n) if n in layout.names else -1 for n in ("weight", "bias"))
-            fold = op.TapFold(float(count), positions, layout.width)
-            return op.triton_norm(x, weight, bias, self.tap, cfg, spec, channels, fold)
+            fold = op.TapFold(float(count), layout.positions, layout.width)
+            return op.triton_norm(x, weight, bias, tap, cfg, spec, channels, fold)
         slots = self._slots(x, spec, layout)
         if slots is None:
             return self.original_forward(*args, **kwargs)

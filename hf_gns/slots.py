@@ -52,6 +52,11 @@ class TapLayout:
         part = self.column_slice(k)
         return slice(1 + self.numel + part.start, 1 + self.numel + part.stop)
 
+    @property
+    def positions(self) -> tuple[int, int]:
+        """Where ``weight`` and ``bias`` are among the names (-1: not in the layout)."""
+        return tuple(self.names.index(n) if n in self.names else -1 for n in ("weight", "bias"))
+
     def column_slice(self, k: int) -> slice:
         """Columns of parameter ``k`` in a slot row."""
         start = sum(self.sizes[:k])

@@ -62,6 +62,24 @@ def _count_graphs():
     return backend, graphs
 
 
+def _bf16_eager_then_compiled(model, batches: list[dict], normalizer: int, backend: str, device: str = DEVICE):
+    """The statistics of ``batches`` under bf16 autocast: eager, then compiled with ``backend``."""
+    results = []
+    for run in (model, torch.compile(model, backend=backend)):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            _train(run, batches, normalizer)
+        results.append(hf_gns.gather_stats(model))
+    return results
+
+
+def _assert_same_within_bf16(eager, compiled, examples: int) -> None:
+    assert set(eager.per_param) == set(compiled.per_param) and eager.per_param
+    for key, want in eager.per_param.items():
+        got = compiled.per_param[key]
+        assert got.num_examples == examples
+        assert abs(got.example_sq_norm_sum - want.example_sq_norm_sum) <= 3e-2 * want.example_sq_norm_sum, key
+
+
 SWEEP = sorted(set(ARCHS) - {"olmo"})  # olmo's LayerNorm has no parameters: nothing to record
 
 
@@ -155,19 +173,10 @@ def test_graph_fold_bf16_autocast_and_checkpointing_match_eager(name, fold_calls
     hf_gns.patch_model(model, kernel=FOLD_KERNEL)
     batches = [{k: v.to(DEVICE) for k, v in b.items()} for b in _micro_batches(name, model, [2, 3], 4)]
     n = sum(b["targets"].numel() for b in batches)
-    results = []
-    for run in (model, torch.compile(model, backend=FOLD_BACKEND)):
-        with torch.autocast(DEVICE, dtype=torch.bfloat16):
-            _train(run, batches, n)
-        results.append(hf_gns.gather_stats(model))
+    eager, compiled = _bf16_eager_then_compiled(model, batches, n, FOLD_BACKEND)
     if DEVICE == "cpu":
         assert fold_calls, "the compiled backward did not run the graph operator"
-    eager, compiled = results
-    assert set(eager.per_param) == set(compiled.per_param) and eager.per_param
-    for key, want in eager.per_param.items():
-        got = compiled.per_param[key]
-        assert got.num_examples == 5
-        assert abs(got.example_sq_norm_sum - want.example_sq_norm_sum) <= 3e-2 * want.example_sq_norm_sum, key
+    _assert_same_within_bf16(eager, compiled, examples=5)
 
 
 def test_graph_fold_sequence_first_xlnet(fold_calls):
@@ -420,17 +429,8 @@ def test_bf16_autocast_compiled_matches_eager(name):
     hf_gns.patch_model(model, kernel="torch")
     batches = _micro_batches(name, model, [2, 3], 4)
     n = sum(b["targets"].numel() for b in batches)
-    results = []
-    for run in (model, torch.compile(model, backend="aot_eager")):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            _train(run, batches, n)
-        results.append(hf_gns.gather_stats(model))
-    eager, compiled = results
-    assert set(eager.per_param) == set(compiled.per_param) and eager.per_param
-    for key, want in eager.per_param.items():
-        got = compiled.per_param[key]
-        assert got.num_examples == 5
-        assert abs(got.example_sq_norm_sum - want.example_sq_norm_sum) <= 3e-2 * want.example_sq_norm_sum, key
+    eager, compiled = _bf16_eager_then_compiled(model, batches, n, "aot_eager", device="cpu")
+    _assert_same_within_bf16(eager, compiled, examples=5)
 
 
 @pytest.mark.parametrize("kernel", ["auto", "triton"])

@@ -22,7 +22,7 @@ from torch.library import custom_op, triton_op, wrap_triton
 from ..formulas import NormFormula
 from ..slots import TapLayout
 from . import triton_norm as K
-from .op import KernelConfig, kernel_config
+from .op import KernelConfig, canonical_rows, kernel_config  # noqa: F401  (canonical_rows: for hf_gns.patch)
 
 MAX_D = K.MAX_D
 _ROUND_DTYPES = {code: dtype for dtype, code in K.ROUND_CODES.items()}
@@ -46,9 +46,8 @@ def fold_plan(formula: NormFormula, eps: float, x: torch.Tensor, weight: torch.T
               layout: TapLayout) -> FoldPlan:
     """The plan of one call on ``x`` (``count`` examples of equal row blocks) for the parameters
     of ``layout``, with the casting order the module's own forward has in this autocast state."""
-    positions = tuple(layout.names.index(n) if n in layout.names else -1 for n in ("weight", "bias"))
     rows = x.numel() // x.shape[-1]
-    return FoldPlan(kernel_config(formula, eps, x, weight), rows // count, count, positions, layout.width,
+    return FoldPlan(kernel_config(formula, eps, x, weight), rows // count, count, layout.positions, layout.width,
                     "weight" in layout.names, "bias" in layout.names)
 
 
@@ -87,7 +86,7 @@ def norm_backward_fold_interpreted(dy: torch.Tensor, x: torch.Tensor, weight: to
 def _(dy, x, weight, bias, eps, centered, offset, round_code, rows_per_example, count, tap_w, tap_b, width, need_dw,
       need_db):
     D = weight.shape[0]
-    return (torch.empty_like(x), weight.new_empty(D if need_dw else 0),
+    return (x.new_empty(x.shape), weight.new_empty(D if need_dw else 0),
             weight.new_empty(D if need_db and bias is not None else 0),
             torch.empty(width, dtype=torch.float32, device=x.device))
 

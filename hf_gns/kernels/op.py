@@ -154,6 +154,17 @@ def _per_example(partial: torch.Tensor, rows: ExampleRows) -> torch.Tensor:
     return out.index_add_(0, rows.item_example, partial)
 
 
+def canonical_rows(x: torch.Tensor, spec: ExampleSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` with its example dim at ``spec.canonical_dim``, and its rows ``[rows, D]`` in that
+    order (unit column stride; contiguous when the example dim was moved)."""
+    moved = spec.dim != spec.canonical_dim
+    xc = x.movedim(spec.dim, spec.canonical_dim) if moved else x
+    x2d = xc.reshape(-1, x.shape[-1])
+    if x2d.stride(-1) != 1 or (moved and not x2d.is_contiguous()):
+        x2d = x2d.contiguous()
+    return xc, x2d
+
+
 def triton_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stats: torch.Tensor,
                 cfg: KernelConfig, spec: ExampleSpec, channels: tuple[int, ...], fold: TapFold | None = None) -> torch.Tensor:
     """The norm of ``x`` (over its last dim) by the Triton kernels.
@@ -168,10 +179,7 @@ def triton_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         raise RuntimeError(f"the Triton kernels need CUDA tensors, got a tensor on {x.device}: patch with "
                            "kernel='torch' (or 'auto') for CPU, or set TRITON_INTERPRET=1 to interpret them")
     moved = spec.dim != spec.canonical_dim
-    xc = x.movedim(spec.dim, spec.canonical_dim) if moved else x
-    x2d = xc.reshape(-1, D)
-    if x2d.stride(-1) != 1 or (moved and not x2d.is_contiguous()):
-        x2d = x2d.contiguous()
+    xc, x2d = canonical_rows(x, spec)
     rows = example_rows(xc, x2d.shape[0], spec)
     y = TritonNorm.apply(x2d, weight, bias, stats, cfg, rows, channels, fold).view(xc.shape)
     return y.movedim(spec.canonical_dim, spec.dim) if moved else y

@@ -79,4 +79,5 @@ if __name__ == "__main__":
     for name in names:
         run(directory, name, rank)
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no rank tears the group down while the other still uses it
         torch.distributed.destroy_process_group()

@@ -80,6 +80,7 @@ def main() -> None:
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
                os.path.join(opts.directory, f"{opts.name}.rank{rank}.pt"))
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no rank tears the group down while the other still uses it
         torch.distributed.destroy_process_group()
 
 

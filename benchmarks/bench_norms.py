@@ -22,6 +22,11 @@ Why a shape is slow, instead of the peer comparison:
 ``--warps``: GPU time (CUDA graphs) of hf_gns's forward and backward kernels alone per
 ``num_warps``, against 2 (forward) and 3 (backward) passes at the copy bandwidth;
 `backward_warps` in hf_gns/kernels/triton_norm.py takes its wide-row choice from this table.
+``--fold``: GPU time of the fold kernel alone (per-item partials -> dweight, dbias, per-example
+sums and squares) for the partials a backward of ``--fold_shapes`` leaves (examples x rows per
+example x D, two channels for LayerNorm, one for RMSNorm), per tiling: the default of
+`fold_tiling` against ``--fold_tilings`` (examples,items,columns per load; the first of them is
+the previous default, 1 example x 32 items x 64 columns).
 ``--resources``: each kernel compiled as hf_gns launches it (its own tile and warp choices)
 and what the compiler reports, registers per thread and spilled bytes; no timing.
 """
@@ -149,6 +154,34 @@ def launch_configs(formulas, rows: int, dims: list[int], dtypes: list[torch.dtyp
                     K.tile_config, K.backward_warps = base_tile, base_warps
 
 
+def fold_tilings(shapes: list[tuple[int, int, int]], tilings: list[tuple[int, int, int]]) -> None:
+    """--fold: the fold kernel's GPU time per tiling, for the partials of each backward shape."""
+    default_tiling = K.fold_tiling
+    for examples, rows_per_example, D in shapes:
+        rows = K.tile_config(D)[1]
+        chunk = min(K.chunk_rows_for(examples * rows_per_example, torch.device("cuda"), rows), rows_per_example)
+        per_example = triton.cdiv(rows_per_example, chunk)
+        for channels in (2, 1):
+            partial = torch.randn(examples * per_example, channels, D, device="cuda")
+            w = torch.randn(D, device="cuda")
+            b = torch.randn(D, device="cuda") if channels == 2 else None
+            width = 1 + 2 * channels * D
+            positions = (0, 1) if channels == 2 else (0, -1)
+            cells = []
+            for tiling in [None] + tilings:
+                try:
+                    if tiling is not None:
+                        K.fold_tiling = lambda *args, _t=tiling: _t
+                    shown = default_tiling(examples, per_example, D, partial.device) if tiling is None else tiling
+                    us = do_bench_cudagraph(lambda: K.fold_examples(partial, examples, float(examples), w, b, True,
+                                                                    True, positions, width), rep=50) * 1e3
+                finally:
+                    K.fold_tiling = default_tiling
+                cells.append(f"{'x'.join(map(str, shown))}{'*' if tiling is None else ''} {us:6.1f} us")
+            print(f"{examples} x {rows_per_example} rows, D={D}, {channels} channel(s), {per_example} items per "
+                  f"example: " + " | ".join(cells), flush=True)
+
+
 def _registers(kernel, grid, *args, **kwargs) -> tuple[int, int]:
     compiled = kernel[grid](*args, **kwargs)
     compiled._init_handles()
@@ -198,7 +231,14 @@ def main(argv=None) -> None:
                     help="instead: time hf_gns's kernels alone per num_warps (e.g. with --dims 8192,16384)")
     ap.add_argument("--resources", action="store_true",
                     help="instead: registers and spilled bytes per kernel as hf_gns compiles it, no timing")
+    ap.add_argument("--fold", action="store_true", help="instead: the fold kernel's GPU time per tiling")
+    ap.add_argument("--fold_shapes", default="2x1024x768,8x1024x768,2x1024x960,8x1024x960,4x2048x4096,64x128x768")
+    ap.add_argument("--fold_tilings", default="1x32x64,1x64x16,2x128x16")
     args = ap.parse_args(argv)
+    if args.fold:
+        fold_tilings([tuple(map(int, s.split("x"))) for s in args.fold_shapes.split(",")],
+                     [tuple(map(int, s.split("x"))) for s in args.fold_tilings.split(",")])
+        return
     dims = [int(d) for d in args.dims.split(",")]
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     formulas = [f for f in FORMULAS if f[0].lower() in args.kinds.split(",")]

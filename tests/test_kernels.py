@@ -291,15 +291,16 @@ def test_wide_rows_bias_summed_outside_the_kernel(dtype, shape, monkeypatch):
     assert _rel(m.bias.grad, b64.grad) <= tol
 
 
-@pytest.mark.parametrize("tile", [4, 32])
+@pytest.mark.parametrize("tiling", [None, (1, 1, 8), (1, 4, 16), (4, 2, 32), (2, 64, 8), (8, 8, 64)],
+                         ids=lambda t: "default" if t is None else "x".join(map(str, t)))
 @pytest.mark.parametrize(("examples", "items", "channels"),
                          [(1, 1, 1), (2, 70, 2), (7, 5, 2), (3, 16, 1), (40, 2, 2), (5, 1, 2)])
-def test_fold_sums_items_per_example_then_squares(examples, items, channels, tile, monkeypatch):
-    """The fold kernel alone, on random partials, against float64: both tilings (TILE items of one
-    example per load, or item j of TILE examples), several tiles per loop, D spanning several
-    programs and not a multiple of the block."""
-    monkeypatch.setattr(triton_norm, "FOLD_TILE", tile)
-    monkeypatch.setattr(triton_norm, "FOLD_MAX_ITEMS", tile)
+def test_fold_sums_items_per_example_then_squares(examples, items, channels, tiling, monkeypatch):
+    """The fold kernel alone, on random partials, against float64: the default tiling and forced
+    ones (examples x items x columns per load) with several loads per loop on each axis, partly
+    masked tiles, and D spanning several programs, not a multiple of the block."""
+    if tiling is not None:
+        monkeypatch.setattr(triton_norm, "fold_tiling", lambda *args: tiling)
     D = 150
     partial = torch.randn(examples * items, channels, D, device=DEVICE)
     weight = torch.randn(D, device=DEVICE)

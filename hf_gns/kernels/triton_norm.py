@@ -120,56 +120,43 @@ def _fold_kernel(
     PARTIAL, DW, DB, OUT,
     D, n_examples, items_per_example, count,
     HAS_BIAS: tl.constexpr, CHANNELS: tl.constexpr, WRITE_DW: tl.constexpr, WRITE_DB: tl.constexpr,
-    TAP_W: tl.constexpr, TAP_B: tl.constexpr, N_NAMES: tl.constexpr, ITEMS_TILED: tl.constexpr,
-    TILE: tl.constexpr, BLOCK: tl.constexpr,
+    TAP_W: tl.constexpr, TAP_B: tl.constexpr, N_NAMES: tl.constexpr,
+    EXAMPLES: tl.constexpr, ITEMS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Fold per-item partial gradients ``[examples * items_per_example, 1 or 2, D]`` (float32,
     contiguous, each example's items adjacent) of one column block into a tap's gradient
     (`TapLayout`): c_i = the sum of example i's items, then sum_i c_i and sum_i c_i**2 of the
-    block's columns (and the count, from program 0), and DW / DB. A tile of TILE rows holds
-    TILE items of one example (ITEMS_TILED: few examples of many items each) or item j of TILE
-    examples. TAP_W / TAP_B: the tap position of the weight / bias (-1: not in the tap)."""
+    block's columns (and the count, from program 0), and DW / DB. Each load is a tile of
+    EXAMPLES examples x ITEMS items x BLOCK columns. TAP_W / TAP_B: the tap position of the
+    weight / bias (-1: not in the tap)."""
     pid = tl.program_id(0)
     cols = pid * BLOCK + tl.arange(0, BLOCK)
     col_ok = cols < D
-    lanes = tl.arange(0, TILE)
+    example_lanes = tl.arange(0, EXAMPLES)
+    item_lanes = tl.arange(0, ITEMS)
     sum_w = tl.zeros([BLOCK], dtype=tl.float32)
     sq_w = tl.zeros([BLOCK], dtype=tl.float32)
     sum_b = tl.zeros([BLOCK], dtype=tl.float32)
     sq_b = tl.zeros([BLOCK], dtype=tl.float32)
-    if ITEMS_TILED:
-        for example in range(0, n_examples):
-            c_w = tl.zeros([BLOCK], dtype=tl.float32)
-            c_b = tl.zeros([BLOCK], dtype=tl.float32)
-            for first in range(0, items_per_example, TILE):
-                items = first + lanes
-                mask = (items < items_per_example)[:, None] & col_ok[None, :]
-                rows = PARTIAL + ((example * items_per_example + items).to(tl.int64) * CHANNELS * D)[:, None] + cols[None, :]
-                c_w += tl.sum(tl.load(rows, mask=mask, other=0.0), axis=0)
-                if HAS_BIAS:
-                    c_b += tl.sum(tl.load(rows + D, mask=mask, other=0.0), axis=0)
-            sum_w += c_w
-            sq_w += c_w * c_w
+    for first_example in range(0, n_examples, EXAMPLES):
+        examples = first_example + example_lanes
+        example_ok = examples < n_examples
+        c_w = tl.zeros([EXAMPLES, BLOCK], dtype=tl.float32)
+        c_b = tl.zeros([EXAMPLES, BLOCK], dtype=tl.float32)
+        for first_item in range(0, items_per_example, ITEMS):
+            items = first_item + item_lanes
+            rows = examples.to(tl.int64)[:, None] * items_per_example + items[None, :]
+            row_ok = example_ok[:, None] & (items < items_per_example)[None, :]
+            offsets = rows[:, :, None] * (CHANNELS * D) + cols[None, None, :]
+            mask = row_ok[:, :, None] & col_ok[None, None, :]
+            c_w += tl.sum(tl.load(PARTIAL + offsets, mask=mask, other=0.0), axis=1)
             if HAS_BIAS:
-                sum_b += c_b
-                sq_b += c_b * c_b
-    else:
-        for first in range(0, n_examples, TILE):
-            examples = first + lanes
-            mask = (examples < n_examples)[:, None] & col_ok[None, :]
-            item0 = examples.to(tl.int64) * items_per_example
-            c_w = tl.zeros([TILE, BLOCK], dtype=tl.float32)
-            c_b = tl.zeros([TILE, BLOCK], dtype=tl.float32)
-            for j in range(0, items_per_example):
-                rows = PARTIAL + ((item0 + j) * CHANNELS * D)[:, None] + cols[None, :]
-                c_w += tl.load(rows, mask=mask, other=0.0)
-                if HAS_BIAS:
-                    c_b += tl.load(rows + D, mask=mask, other=0.0)
-            sum_w += tl.sum(c_w, axis=0)
-            sq_w += tl.sum(c_w * c_w, axis=0)
-            if HAS_BIAS:
-                sum_b += tl.sum(c_b, axis=0)
-                sq_b += tl.sum(c_b * c_b, axis=0)
+                c_b += tl.sum(tl.load(PARTIAL + offsets + D, mask=mask, other=0.0), axis=1)
+        sum_w += tl.sum(c_w, axis=0)
+        sq_w += tl.sum(c_w * c_w, axis=0)
+        if HAS_BIAS:
+            sum_b += tl.sum(c_b, axis=0)
+            sq_b += tl.sum(c_b * c_b, axis=0)
     if WRITE_DW:
         tl.store(DW + cols, sum_w.to(DW.dtype.element_ty), mask=col_ok)
     if WRITE_DB:
@@ -300,25 +287,28 @@ def norm_backward(
     return dx, partial
 
 
-#: `fold_examples` loads tiles of about FOLD_LOAD elements: FOLD_TILE examples x FOLD_BLOCK columns
-#: (item j of each), or, when every example has at least FOLD_TILE / 2 items (a small micro-batch
-#: of long sequences: GPT-2 at 2 x 1024 tokens has 256 items per example), up to FOLD_MAX_ITEMS
-#: items of one example by as many columns as fill the tile. The first alone left all but two
-#: rows of each tile empty and ran 256 dependent loads per program: 208 us per LayerNorm, 40 us
-#: with items tiled as here (H200, `benchmarks/RESULTS.md` 0*). Larger tiles (4096 elements, up
-#: to 128 items) need fewer loads in a row; they pass the tests but are not measured yet.
-FOLD_LOAD = 2048
-FOLD_BLOCK = 64
-FOLD_TILE = 32
-FOLD_MAX_ITEMS = 32
+#: `fold_examples` loads tiles of up to FOLD_LOAD elements: examples x items x columns. A program
+#: owns a block of columns, as narrow as FOLD_MIN_BLOCK when that gives each streaming
+#: multiprocessor a program (GPT-2: 768 columns -> 96 programs of 8), and a tile holds as many
+#: whole examples as fit. The first fold kernel gave a program 64 columns and looped over items
+#: (208 us per LayerNorm of GPT-2 at 2 x 1024 tokens on the H200), the second over tiles of 32
+#: items (40 us, `benchmarks/RESULTS.md` 0*): both ran 12 programs, each a chain of dependent loads.
+FOLD_LOAD = 4096
+FOLD_MIN_BLOCK = 8
+FOLD_MAX_BLOCK = 64
 
 
-def fold_tiling(items_per_example: int) -> tuple[bool, int, int]:
-    """(items tiled, rows per tile, columns per program) of `fold_examples`."""
-    if items_per_example >= FOLD_TILE // 2:
-        tile = min(FOLD_MAX_ITEMS, triton.next_power_of_2(items_per_example))
-        return True, tile, max(32, FOLD_LOAD // tile)
-    return False, FOLD_TILE, FOLD_BLOCK
+def _floor_power_of_2(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def fold_tiling(n_examples: int, items_per_example: int, D: int, device: torch.device) -> tuple[int, int, int]:
+    """(examples, items, columns) of one `fold_examples` tile, for a grid of ``cdiv(D, columns)``."""
+    processors = num_programs_target(device) // 4
+    block = min(FOLD_MAX_BLOCK, max(FOLD_MIN_BLOCK, _floor_power_of_2(D // processors)))
+    items = min(triton.next_power_of_2(items_per_example), FOLD_LOAD // block)
+    examples = min(triton.next_power_of_2(n_examples), max(1, FOLD_LOAD // (block * items)))
+    return examples, items, block
 
 
 def fold_examples(
@@ -340,12 +330,12 @@ def fold_examples(
     db = _empty(D, bias.dtype, bias.device) if need_db and bias is not None else None
     out = _empty(width, torch.float32, partial.device)
     n_names = sum(1 for k in tap_positions if k >= 0)
-    items_tiled, tile, block = fold_tiling(n_items // n_examples)
+    examples, items, block = fold_tiling(n_examples, n_items // n_examples, D, partial.device)
     launch(_fold_kernel)[(triton.cdiv(D, block),)](
         partial, dw if dw is not None else out, db if db is not None else out, out,
         D, n_examples, n_items // n_examples, float(count),
         HAS_BIAS=channels == 2, CHANNELS=channels, WRITE_DW=dw is not None, WRITE_DB=db is not None,
         TAP_W=tap_positions[0], TAP_B=tap_positions[1], N_NAMES=n_names,
-        ITEMS_TILED=items_tiled, TILE=tile, BLOCK=block, num_warps=4,
+        EXAMPLES=examples, ITEMS=items, BLOCK=block, num_warps=4,
     )
     return dw, db, out

@@ -118,7 +118,9 @@ class PatchedNorm:
     def _tap_for(self, layout: TapLayout, device: torch.device) -> torch.Tensor:
         """The tap for ``layout`` on ``device``, made first if needed (`_ensure_tap` breaks a compiled
         graph, so it is called only when there is something to make)."""
-        if self.tap is None or self.tap_layout != layout or self.tap.device != device:
+        # identity, not equality: `trainable_layout` hands back the tap's own layout while the names hold,
+        # and a compiled graph guards on ``is`` far more cheaply than on a dataclass's ``==``
+        if self.tap is None or self.tap_layout is not layout or self.tap.device != device:
             self._ensure_tap(layout, device)
         return self.tap
 

@@ -214,6 +214,26 @@ def test_graph_fold_loaded_in_a_fresh_process(monkeypatch):
     assert hf_gns.patch._GRAPH_OP is not None
 
 
+@pytest.mark.parametrize("env", [None, "0", "1"])
+def test_inductor_launches_the_operator_kernels_statically_unless_the_user_chose(env, monkeypatch):
+    """Loading the operator turns on inductor's static launch of user-defined Triton kernels; an
+    explicit TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS is left to decide."""
+    from torch._inductor import config as inductor_config
+
+    from hf_gns.kernels import graph_op
+
+    if not hasattr(inductor_config, "static_launch_user_defined_triton_kernels"):
+        pytest.skip("this torch has no static launch of user-defined Triton kernels")
+    if env is None:
+        monkeypatch.delenv("TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS", raising=False)
+    else:
+        monkeypatch.setenv("TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS", env)
+    # torch reads the variable when it loads; the setting starts as that value (else off)
+    with inductor_config.patch(static_launch_user_defined_triton_kernels=env == "1"):
+        assert graph_op.launch_user_kernels_statically() is (env != "0")
+        assert inductor_config.static_launch_user_defined_triton_kernels is (env != "0")
+
+
 def test_graph_fold_module_run_twice_in_a_pass_skips_one_step_then_sums(fold_calls):
     """ALBERT runs one layer for every block: the first compiled pass folded its first call, so
     that step is skipped, with the reason; the graph compiled next gives the layer slots, which

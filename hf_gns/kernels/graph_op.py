@@ -26,6 +26,29 @@ from .op import KernelConfig, canonical_rows, kernel_config  # noqa: F401  (cano
 
 MAX_D = K.MAX_D
 _ROUND_DTYPES = {code: dtype for dtype, code in K.ROUND_CODES.items()}
+_STATIC_LAUNCH_ENV = "TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS"
+
+
+def launch_user_kernels_statically() -> bool:
+    """Have inductor launch user-defined Triton kernels (ours) with its own static CUDA launcher,
+    as it launches the kernels it generates, instead of through Triton's Python launcher: about
+    18 us of host time per launch otherwise, against about 7 (H200, `benchmarks/RESULTS.md` 0**),
+    which is what a host-bound compiled step pays. Inductor falls back to Triton's launcher for a
+    kernel it cannot launch statically. Left alone when the user set the environment variable
+    ``TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS`` (0 or 1) or the torch in use has no
+    such setting. Returns whether the setting is on."""
+    try:
+        from torch._inductor import config as inductor_config
+    except ImportError:
+        return False
+    if not hasattr(inductor_config, "static_launch_user_defined_triton_kernels"):
+        return False
+    if _STATIC_LAUNCH_ENV not in os.environ:
+        inductor_config.static_launch_user_defined_triton_kernels = True
+    return bool(inductor_config.static_launch_user_defined_triton_kernels)
+
+
+launch_user_kernels_statically()
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ _STATIC_LAUNCH_ENV = "TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS"
 def launch_user_kernels_statically() -> bool:
     """Have inductor launch user-defined Triton kernels (ours) with its own static CUDA launcher,
     as it launches the kernels it generates, instead of through Triton's Python launcher: about
-    18 us of host time per launch otherwise, against about 7 (H200, `benchmarks/RESULTS.md` 0**),
+    16 us of host time per launch otherwise, against about 4 (H200, `benchmarks/RESULTS.md` 0**),
     which is what a host-bound compiled step pays. Inductor falls back to Triton's launcher for a
     kernel it cannot launch statically. Left alone when the user set the environment variable
     ``TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS`` (0 or 1) or the torch in use has no

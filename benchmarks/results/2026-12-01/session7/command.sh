@@ -26,3 +26,4 @@ python benchmarks/bench_trainer.py --same_process --models gpt2 --micro_batch 2 
 HF_GNS_TEST_DEVICE=cuda python -m pytest -q -x tests/test_compile.py -k "graph_fold_matches or statically"
 # CPU (this repository's 2-core machine): guard time per compiled forward, tiny 12-layer GPT-2
 TRITON_INTERPRET=1 python $S/guardcost.py gpt2
+TRITON_INTERPRET=1 python $S/guardlat.py plain gpt2; TRITON_INTERPRET=1 python $S/guardlat.py gns gpt2

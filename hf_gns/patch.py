@@ -114,6 +114,8 @@ class PatchedNorm:
             self.tap, self.tap_layout = None, None
         elif self.tap is None or self.tap_layout != layout or self.tap.device != device:
             self.tap, self.tap_layout = new_tap(layout, device), layout
+        else:  # an equal layout: the tap stays, and `_tap_for`'s identity check holds from now on
+            self.tap_layout = layout
 
     def _tap_for(self, layout: TapLayout, device: torch.device) -> torch.Tensor:
         """The tap for ``layout`` on ``device``, made first if needed (`_ensure_tap` breaks a compiled

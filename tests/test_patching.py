@@ -920,3 +920,21 @@ def test_norms_of_other_kinds_are_named_in_a_warning():
     assert len(texts) == 1
     assert "BatchNorm1d (mixes the examples of a batch" in texts[0] and ": 1\n" in texts[0]
     assert "GroupNorm (not a LayerNorm / RMSNorm): 3" in texts[0] and "4" not in texts[0].split("statistics:")[1]
+
+
+def test_an_equal_tap_layout_keeps_the_tap_and_its_statistics():
+    """A layout equal to the tap's but another object (as after unpickling a copy) keeps the tap
+    and its gradient, and is adopted, so the compiled path's identity check holds afterwards."""
+    from dataclasses import replace
+
+    model = make_model("gpt2")
+    hf_gns.patch_model(model, kernel="torch")
+    _, state = hf_gns.patch.patched_modules(model)[0]
+    tap = state.tap
+    tap.grad = torch.randn_like(tap)
+    grad = tap.grad.clone()
+    equal = replace(state.tap_layout)
+    assert equal == state.tap_layout and equal is not state.tap_layout
+    assert state._tap_for(equal, tap.device) is tap
+    assert state.tap_layout is equal
+    assert torch.equal(tap.grad, grad)

@@ -5,7 +5,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 S=benchmarks/results/2026-12-01/session7/scripts
 # call A (commit 51947a7, new fold tiling) -> fold/
 python benchmarks/bench_norms.py --fold                                   # fold.log
-python $S/kprof.py 2; python $S/kprof.py 8                                # kprof2.log, kprof8.log
+python benchmarks/results/2026-11-30/session6/profile/kprof.py 2; python benchmarks/results/2026-11-30/session6/profile/kprof.py 8   # kprof2.log, kprof8.log (last session's script, unchanged)
 HF_GNS_TEST_DEVICE=cuda python -m pytest -q -x tests/test_kernels.py -k "fold or graph_operator"   # tests_cuda.log
 # call B (51947a7) -> host/sync_gpt2_mb2.log: host time of forward / backward, and the step's host syncs
 python $S/syncdbg.py 2 gpt2
@@ -25,5 +25,4 @@ python benchmarks/bench_trainer.py --same_process --models llama360m --micro_bat
 python benchmarks/bench_trainer.py --same_process --models gpt2 --micro_batch 2 --variants compiled,compiled_gns --rounds 1 --out bench_f_gpt2.json
 HF_GNS_TEST_DEVICE=cuda python -m pytest -q -x tests/test_compile.py -k "graph_fold_matches or statically"
 # CPU (this repository's 2-core machine): guard time per compiled forward, tiny 12-layer GPT-2
-TRITON_INTERPRET=1 python $S/guardcost.py gpt2
 TRITON_INTERPRET=1 python $S/guardlat.py plain gpt2; TRITON_INTERPRET=1 python $S/guardlat.py gns gpt2

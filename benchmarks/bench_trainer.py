@@ -199,6 +199,7 @@ def training_args(spec: dict[str, Any], output_dir: str) -> TrainingArguments:
         bf16=cuda,
         optim="adamw_torch_fused" if cuda else "adamw_torch",
         torch_compile=spec["variant"].startswith("compiled"),
+        torch_compile_mode=spec.get("compile_mode") if spec["variant"].startswith("compiled") else None,
         logging_steps=1,
         report_to=[],
         save_strategy="no",
@@ -344,6 +345,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key in FULL:
         ap.add_argument(f"--{key}", type=int, default=None, help=f"default {FULL[key]} ({TINY[key]} with --tiny)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--compile_mode", default=None,
+                    help="the Trainer's torch_compile_mode for the compiled variants (default: torch's default)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile steps measure_from and measure_from+1 (CUDA; slows those steps)")
     ap.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers, seq 32, 3 steps (a CPU smoke test)")
@@ -369,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one is not None:
         print(RESULT_MARK + json.dumps(run_one(json.loads(args.one))), flush=True)
         return
-    common = {k: getattr(args, k) for k in ("tiny", "profile", *FULL)}
+    common = {k: getattr(args, k) for k in ("tiny", "profile", "compile_mode", *FULL)}
     results: dict[str, Any] = {"config": vars(args), "environment": environment(), "runs": [], "summary": []}
     groups = [(model, mb) for model in args.models.split(",") for mb in map(int, args.micro_batch.split(","))]
     if args.same_process:  # one (model, micro-batch) at a time, all its rounds: no graph sees two shapes

@@ -11,10 +11,12 @@ from __future__ import annotations
 import fnmatch
 import functools
 import inspect
+import itertools
 import logging
 import os
 import warnings
-from dataclasses import replace
+import weakref
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import torch
@@ -22,6 +24,7 @@ from torch import nn
 
 from . import torch_path
 from .layout import ExampleSpec, PassCounter, find_spec, host_segment_starts
+from .formulas import native_output_dtype
 from .probe import NormPlan, Unsupported, is_norm_candidate, other_norm_kind, plan_for
 from .slots import TapLayout, draw_slots, new_tap
 
@@ -32,6 +35,46 @@ _FOLDED = "folded"  # this pass's slot entry of a module whose statistics go str
 _STATE = "_hf_gns"
 _ROOT_STATE = "_hf_gns_root"
 _ENTRY = "_hf_gns_entry"
+
+
+@dataclass(frozen=True)
+class NormView:
+    """What the forward of one patched norm decides on, apart from its input and the pass.
+
+    A compiled forward takes it as one constant (`_view_of`), so dynamo guards the state's version
+    instead of every attribute behind it (about 50 guards per norm, each evaluated before every
+    compiled forward). Whatever changes these fields bumps `PatchedNorm.version`; a change of the
+    parameters' ``requires_grad`` or device recompiles through the parameters' own guards."""
+
+    layout: TapLayout | None  # of the parameters that require grad; None while recording is off
+    device: torch.device | None  # the parameters'
+    measurable: bool
+    shared_in_pass: bool
+    has_bias: bool
+    fold_dim: int | None  # D, when a compiled graph may fold this norm's statistics in the Triton backward
+    interpreted: bool  # Triton kernels under TRITON_INTERPRET=1 (CPU tests)
+
+
+# every live PatchedNorm by its key: a compiled graph hands `_view_of` a key, since dynamo takes only
+# plain constants as the arguments of a function whose result it takes as a constant (torch 2.11)
+_BY_KEY: "weakref.WeakValueDictionary[int, PatchedNorm]" = weakref.WeakValueDictionary()
+_KEYS = itertools.count()
+
+
+@torch._dynamo.assume_constant_result
+def _view_of(key: int, version: int) -> NormView:
+    """The `NormView` of the norm ``key``; a compiled graph evaluates it once, when traced, and guards
+    the key and ``version``."""
+    return _BY_KEY[key].view()
+
+
+@torch._dynamo.assume_constant_result
+def _kernel_config_of(key: int, version: int, in_dtype: torch.dtype, native_dtype: torch.dtype,
+                      weight_dtype: torch.dtype):
+    """The kernel switches (`hf_gns.kernels.op.KernelConfig`) of the norm ``key`` for these dtypes
+    (a constant of the graph, like `_view_of`)."""
+    state = _BY_KEY[key]
+    return _GRAPH_OP.kernel_config_for(state.plan.formula, state.plan.eps, in_dtype, native_dtype, weight_dtype)
 
 
 def _forward_attr(module: nn.Module) -> str:
@@ -54,7 +97,9 @@ class PatchedNorm:
         # method that would resolve, when loaded, to the patched forward itself)
         self._original = None if getattr(own, "__func__", None) is type(module).forward else own
         self.module_ref = module
-        self.enabled = True
+        self._register()
+        self.version = 0
+        self._enabled = True
         self.warned: set[str] = set()
         self.tap: torch.Tensor | None = None
         self.tap_layout: TapLayout | None = None
@@ -72,9 +117,42 @@ class PatchedNorm:
 
     def __setstate__(self, state: dict) -> None:
         """A loaded model (pickle, torch.save) loads the compiled-graph operator as patching does."""
+        state = dict(state)
+        state.setdefault("_enabled", state.pop("enabled", True))
+        state.setdefault("version", 0)
         self.__dict__.update(state)
+        self._register()  # a copy or a loaded model is another norm: its own key
         self.graph_fold = bool(state.get("graph_fold")) and _load_graph_op()
         self.shared_in_pass = state.get("shared_in_pass", False)
+
+    def _register(self) -> None:
+        self.key = next(_KEYS)
+        _BY_KEY[self.key] = self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the module records (`hf_gns.set_recording`)."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = bool(value)
+        self.version += 1
+
+    def view(self) -> NormView:
+        """The current `NormView`, with a tap made for its layout if there is none yet."""
+        layout = self.trainable_layout() if self._enabled else None
+        params = self.module_ref._parameters
+        device = params[layout.names[0]].device if layout is not None else None
+        if layout is not None and (self.tap is None or self.tap_layout is not layout or self.tap.device != device):
+            self._ensure_tap(layout, device)
+        formula = self.plan.formula
+        weight = params.get("weight")
+        foldable = (self.graph_fold and formula is not None and weight is not None and weight.dim() == 1
+                    and weight.shape[0] <= _GRAPH_OP.MAX_D)
+        return NormView(layout, device, self.unmeasurable is None, self.shared_in_pass,
+                        formula is not None and formula.has_bias, weight.shape[0] if foldable else None,
+                        self.kernel == "triton" and os.environ.get("TRITON_INTERPRET") == "1")
 
     @property
     def original_forward(self) -> Callable:
@@ -118,10 +196,8 @@ class PatchedNorm:
             self.tap_layout = layout
 
     def _tap_for(self, layout: TapLayout, device: torch.device) -> torch.Tensor:
-        """The tap for ``layout`` on ``device``, made first if needed (`_ensure_tap` breaks a compiled
-        graph, so it is called only when there is something to make)."""
-        # identity, not equality: `trainable_layout` hands back the tap's own layout while the names hold,
-        # and a compiled graph guards on ``is`` far more cheaply than on a dataclass's ``==``
+        """The tap for ``layout`` on ``device`` (eager calls), made first if needed."""
+        # identity, not equality: `trainable_layout` hands back the tap's own layout while the names hold
         if self.tap is None or self.tap_layout is not layout or self.tap.device != device:
             self._ensure_tap(layout, device)
         return self.tap
@@ -132,7 +208,10 @@ class PatchedNorm:
         slots = self.counter.slots.get(self)
         rows = spec.count
         if slots is None:
-            tap = self._tap_for(layout, self.module_ref._parameters[layout.names[0]].device)
+            if torch.compiler.is_compiling():
+                tap = self.tap  # made for this layout by `view`, when the graph was traced
+            else:
+                tap = self._tap_for(layout, self.module_ref._parameters[layout.names[0]].device)
             count = self.counter.packed.count if spec.packed else rows
             slots = self.counter.slots[self] = draw_slots(tap, rows, count, layout, split)
         elif isinstance(slots, tuple) != split:
@@ -148,7 +227,8 @@ class PatchedNorm:
     def forward(self, *args, **kwargs):
         self.counter.begin()
         x = _single_input(args, kwargs)
-        layout = self.trainable_layout() if self.enabled else None
+        view = _view_of(self.key, self.version)
+        layout = view.layout
         if layout is None or not torch.is_grad_enabled() or self.counter.paused:
             return self.original_forward(*args, **kwargs)
         if x is None:  # called with more than the input (a gate, ...)
@@ -158,11 +238,10 @@ class PatchedNorm:
             self._warn_once("it ran outside any call of the patched model, so the examples of its input are "
                             "unknown; left out of the statistics (patch the module you call)")
             return self.original_forward(*args, **kwargs)
-        if x.device != self.module_ref._parameters[layout.names[0]].device:
-            raise RuntimeError(f"hf_gns: {self.qualname}: input on {x.device}, parameters on "
-                               f"{self.module_ref._parameters[layout.names[0]].device}: a replica of nn.DataParallel? "
-                               "Use DistributedDataParallel (torchrun / accelerate launch)")
-        if self.unmeasurable is not None:
+        if x.device != view.device:
+            raise RuntimeError(f"hf_gns: {self.qualname}: input on {x.device}, parameters on {view.device}: a "
+                               "replica of nn.DataParallel? Use DistributedDataParallel (torchrun / accelerate launch)")
+        if not view.measurable:
             return self.original_forward(*args, **kwargs)
         if _is_parameter_data(x):
             self._give_up("its input is a parameter (a table shared by all examples, like DeBERTa's relative "
@@ -183,48 +262,37 @@ class PatchedNorm:
         if seen != kind:  # one module fed per-example inputs and flattened rows in one pass
             self._give_up("it gets per-example inputs and flattened rows in one forward, so the rows' examples are unknown")
             return self.original_forward(*args, **kwargs)
-        if self._use_triton(x):
-            return self._triton_forward(x, spec, layout, args, kwargs)
         compiling = torch.compiler.is_compiling()
-        if compiling and self.graph_fold and self._folds_in_graph(x, spec):
+        if not compiling and self._use_triton(x):
+            return self._triton_forward(x, spec, layout, args, kwargs)
+        if compiling and _folds_in_graph(x, spec, view):
             entry = self.counter.slots.get(self)
             if entry is _FOLDED:  # a second call in one pass: the first one's examples are squared already
                 self.shared_in_pass, self.once = True, False
+                self.version += 1
                 self.counter.problems.append(f"{self.qualname} ran more than once in one forward pass; its calls' "
                                              "per-example gradients are summed from the next step on")
                 return self.original_forward(*args, **kwargs)
-            if entry is None and not self.shared_in_pass and self.counter.drop_at_holder:
-                return self._folded_forward(x, spec, layout, args, kwargs)
+            if entry is None and not view.shared_in_pass and self.counter.drop_at_holder:
+                return self._folded_forward(x, spec, view, args, kwargs)
         slots = self._slots(x, spec, layout, split=compiling)
         if slots is None:
             return self.original_forward(*args, **kwargs)
-        norm = torch_path.SlottedNorm(self.plan.formula, self.plan.eps, self.module_ref, self.original_forward,
-                                      layout, spec)
+        norm = torch_path.SlottedNorm(self.plan.formula, self.plan.eps, self.module_ref, self.original_forward, layout,
+                                      spec)
         return norm(x, slots) if compiling else norm.recorded(x, slots)
 
-    def _folds_in_graph(self, x: torch.Tensor, spec: ExampleSpec) -> bool:
-        """Whether this compiled call can keep the module's own forward and fold its statistics in
-        the Triton backward (`hf_gns.kernels.graph_op`): a known formula, examples in equal blocks of
-        rows, static shapes, and CUDA inputs (or interpreted kernels, ``kernel="triton"``)."""
-        weight = self.module_ref._parameters["weight"]
-        if self.plan.formula is None or spec.packed or spec.group > 1 or weight.dim() != 1:
-            return False
-        if x.shape[-1] != weight.shape[0] or x.shape[-1] > _GRAPH_OP.MAX_D:
-            return False
-        if any(not isinstance(size, int) for size in x.shape):
-            return False
-        return x.is_cuda or (self.kernel == "triton" and os.environ.get("TRITON_INTERPRET") == "1")
-
-    def _folded_forward(self, x: torch.Tensor, spec: ExampleSpec, layout: TapLayout, args: tuple, kwargs: dict):
+    def _folded_forward(self, x: torch.Tensor, spec: ExampleSpec, view: NormView, args: tuple, kwargs: dict):
         """The module's own forward; its backward is the Triton kernels, which fold each example's
         gradient straight into the tap's (a module that runs once per pass)."""
         graph_op = _GRAPH_OP
         params = self.module_ref._parameters
         weight = params["weight"]
-        bias = params.get("bias") if self.plan.formula.has_bias else None
-        tap = self._tap_for(layout, weight.device)
+        bias = params.get("bias") if view.has_bias else None
+        tap = self.tap  # made for this layout by `view`, when the graph was traced
         self.counter.slots[self] = _FOLDED
-        plan = graph_op.fold_plan(self.plan.formula, self.plan.eps, x, weight, spec.count, layout)
+        cfg = _kernel_config_of(self.key, self.version, x.dtype, native_output_dtype(x), weight.dtype)
+        plan = graph_op.fold_plan(cfg, x.numel() // x.shape[-1], spec.count, view.layout)
         moved = spec.dim != spec.canonical_dim
         _, x2d = graph_op.canonical_rows(x, spec)
         with torch.no_grad():
@@ -287,6 +355,7 @@ class PatchedNorm:
         """Leave this module's parameters out of the statistics for good (its taps are dropped)."""
         if self.unmeasurable is None:
             self.unmeasurable = reason
+            self.version += 1
             self._warn_once(f"{reason}; its parameters are left out of the statistics")
 
     def _warn_once(self, message: str) -> None:
@@ -324,6 +393,18 @@ class PatchedNorm:
             module.__dict__[self.forward_attr] = self.saved_forward
         module.__dict__.pop("_apply", None)
         module.__dict__.pop("extra_repr", None)
+
+
+def _folds_in_graph(x: torch.Tensor, spec: ExampleSpec, view: NormView) -> bool:
+    """Whether a compiled call can keep the module's own forward and fold its statistics in the
+    Triton backward (`hf_gns.kernels.graph_op`): a known formula and a 1-D weight of the input's
+    width (``view.fold_dim``), examples in equal blocks of rows, static shapes, and CUDA inputs (or
+    interpreted kernels, ``kernel="triton"``)."""
+    if view.fold_dim is None or spec.packed or spec.group > 1 or x.shape[-1] != view.fold_dim:
+        return False
+    if any(not isinstance(size, int) for size in x.shape):
+        return False
+    return x.is_cuda or view.interpreted
 
 
 def _is_parameter_data(x: torch.Tensor) -> bool:

@@ -19,28 +19,32 @@ own gradient does, so inductor emits them in the kernel that sums those.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 
 @dataclass(frozen=True)
 class TapLayout:
-    """The named layout of a tap's gradient for parameters ``names`` of ``sizes`` elements."""
+    """The named layout of a tap's gradient for parameters ``names`` of ``sizes`` elements.
+
+    ``numel``, ``width`` and ``positions`` are plain fields (computed once), so that a compiled
+    graph which holds a layout as a constant reads them without calling Python."""
 
     names: tuple[str, ...]
     sizes: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        """Elements of all parameters together: the width of a slot row."""
-        return sum(self.sizes)
-
-    @property
-    def width(self) -> int:
-        return 1 + 2 * self.numel
+    numel: int = field(init=False, compare=False, repr=False)  # elements of all parameters: a slot row's width
+    width: int = field(init=False, compare=False, repr=False)  # 1 + 2 * numel
+    positions: tuple[int, int] = field(init=False, compare=False, repr=False)  # of weight / bias in names, -1: absent
 
     COUNT = 0
+
+    def __post_init__(self) -> None:
+        numel = sum(self.sizes)
+        object.__setattr__(self, "numel", numel)
+        object.__setattr__(self, "width", 1 + 2 * numel)
+        object.__setattr__(self, "positions",
+                           tuple(self.names.index(n) if n in self.names else -1 for n in ("weight", "bias")))
 
     def sum_slice(self, k: int) -> slice:
         """Where sum_i c_i of parameter ``k`` is."""
@@ -51,11 +55,6 @@ class TapLayout:
         """Where sum_i c_i**2 of parameter ``k`` is, elementwise (its sum is sum_i ||c_i||^2)."""
         part = self.column_slice(k)
         return slice(1 + self.numel + part.start, 1 + self.numel + part.stop)
-
-    @property
-    def positions(self) -> tuple[int, int]:
-        """Where ``weight`` and ``bias`` are among the names (-1: not in the layout)."""
-        return tuple(self.names.index(n) if n in self.names else -1 for n in ("weight", "bias"))
 
     def column_slice(self, k: int) -> slice:
         """Columns of parameter ``k`` in a slot row."""

@@ -938,3 +938,20 @@ def test_an_equal_tap_layout_keeps_the_tap_and_its_statistics():
     assert state._tap_for(equal, tap.device) is tap
     assert state.tap_layout is equal
     assert torch.equal(tap.grad, grad)
+
+
+def test_a_copied_or_loaded_model_has_norm_keys_of_its_own():
+    """A compiled forward finds a norm's `NormView` by the norm's key: a deep copy or an unpickled
+    model must get keys of its own, so switching its recording never reaches the original."""
+    import pickle
+
+    model = make_model("llama")
+    hf_gns.patch_model(model, kernel="torch")
+    registry = hf_gns.patch._BY_KEY
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        keys = {state.key for _, state in hf_gns.patch.patched_modules(model)}
+        twin_states = [state for _, state in hf_gns.patch.patched_modules(twin)]
+        assert twin_states and keys.isdisjoint(state.key for state in twin_states)
+        assert all(registry[state.key] is state for state in twin_states)
+        hf_gns.set_recording(twin, False)
+        assert all(registry[key].enabled for key in keys)

@@ -22,7 +22,7 @@ from torch.library import custom_op, triton_op, wrap_triton
 from ..formulas import NormFormula
 from ..slots import TapLayout
 from . import triton_norm as K
-from .op import KernelConfig, canonical_rows, kernel_config  # noqa: F401  (canonical_rows: for hf_gns.patch)
+from .op import KernelConfig, canonical_rows, kernel_config_for  # noqa: F401  (both: for hf_gns.patch)
 
 MAX_D = K.MAX_D
 _ROUND_DTYPES = {code: dtype for dtype, code in K.ROUND_CODES.items()}
@@ -65,13 +65,11 @@ class FoldPlan:
     need_db: bool
 
 
-def fold_plan(formula: NormFormula, eps: float, x: torch.Tensor, weight: torch.Tensor, count: int,
-              layout: TapLayout) -> FoldPlan:
-    """The plan of one call on ``x`` (``count`` examples of equal row blocks) for the parameters
-    of ``layout``, with the casting order the module's own forward has in this autocast state."""
-    rows = x.numel() // x.shape[-1]
-    return FoldPlan(kernel_config(formula, eps, x, weight), rows // count, count, layout.positions, layout.width,
-                    "weight" in layout.names, "bias" in layout.names)
+def fold_plan(cfg: KernelConfig, rows: int, count: int, layout: TapLayout) -> FoldPlan:
+    """The plan of one call on ``rows`` rows (``count`` examples of equal row blocks) for the
+    parameters of ``layout``, with the kernel switches ``cfg`` (`hf_gns.kernels.op.kernel_config`)."""
+    return FoldPlan(cfg, rows // count, count, layout.positions, layout.width, "weight" in layout.names,
+                    "bias" in layout.names)
 
 
 def _backward_fold(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,

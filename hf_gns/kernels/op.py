@@ -37,18 +37,23 @@ class KernelConfig:
 
 def kernel_config(formula: NormFormula, eps: float, x: torch.Tensor, weight: torch.Tensor) -> KernelConfig:
     """Output dtype and rounding that reproduce the modelling code's casting order."""
-    in_dtype = x.dtype
+    return kernel_config_for(formula, eps, x.dtype, native_output_dtype(x), weight.dtype)
+
+
+def kernel_config_for(formula: NormFormula, eps: float, in_dtype: torch.dtype, native_dtype: torch.dtype,
+                      weight_dtype: torch.dtype) -> KernelConfig:
+    """`kernel_config` from the dtypes alone (``native_dtype``: what ``F.layer_norm`` would return)."""
     round_to = None
     if formula.cast is CastOrder.NATIVE:
-        out_dtype = native_output_dtype(x)
+        out_dtype = native_dtype
     elif formula.cast is CastOrder.CAST_THEN_SCALE:
         round_to = in_dtype if in_dtype in _HALF else None
-        out_dtype = torch.promote_types(weight.dtype, in_dtype)
+        out_dtype = torch.promote_types(weight_dtype, in_dtype)
     elif formula.cast is CastOrder.SCALE_THEN_CAST:
         out_dtype = in_dtype
     else:  # T5: x * rsqrt(var) promotes to float32, then cast to a half weight dtype
-        round_to = weight.dtype if weight.dtype in _HALF else None
-        out_dtype = weight.dtype if weight.dtype in _HALF else torch.float32
+        round_to = weight_dtype if weight_dtype in _HALF else None
+        out_dtype = weight_dtype if weight_dtype in _HALF else torch.float32
     return KernelConfig(eps, formula.centered, float(formula.weight_offset), round_to, out_dtype)
 
 

@@ -492,21 +492,22 @@ class EntryForward:
 
     def __call__(self, *args, **kwargs):
         if torch.compiler.is_compiling():
-            return self._compiled_call(args, kwargs)
+            # no try/finally here: dynamo cannot resume a frame inside a try block after a graph break in
+            # the model's own code, and would compile the marking as a graph of its own. A pass ended by an
+            # exception is closed when its module is next entered (`PassCounter.enter`). In this frame, not
+            # a helper's: every frame on the stack at a graph break costs a guard check per call.
+            self.counter.enter(self.module, args, kwargs)
+            output = self.inner(*args, **kwargs)
+            self.counter.exit()
+            return output
+        return self._eager_call(args, kwargs)
+
+    def _eager_call(self, args: tuple, kwargs: dict):
         self.counter.enter(self.module, args, kwargs)
         try:
             return self.inner(*args, **kwargs)
         finally:
             self.counter.exit()
-
-    def _compiled_call(self, args: tuple, kwargs: dict):
-        """The same without try/finally: dynamo cannot resume a frame inside a try block after a
-        graph break in the model's own code, and would compile the marking as a graph of its own.
-        A pass ended by an exception is closed when its module is next entered (`PassCounter.enter`)."""
-        self.counter.enter(self.module, args, kwargs)
-        output = self.inner(*args, **kwargs)
-        self.counter.exit()
-        return output
 
 
 def _root_counter(model: nn.Module) -> PassCounter:

@@ -241,18 +241,22 @@ def test_bf16_autocast_matches_bruteforce(name):
     names = norm_param_names(ref)
     oracle = oracle_stats(example_grads_bruteforce(ref, batch, names, autocast=torch.bfloat16))
     assert set(stats.per_param) == set(oracle)
-    # bf16 rounding of the oracle's own dgamma is ~4e-3 per entry; ||sum c_i||^2 is compared
-    # relative to max(||sum c_i||^2, sum ||c_i||^2) since it may cancel.
+    # Both sides round each entry of dgamma to bf16 (2^-8 relative each, ~4e-3), so a squared norm of
+    # a few entries (a small head_dim's q/k-norm bias) may differ by up to ~4 * 2^-8 = 1.6% before the
+    # reductions' own rounding: 3e-2 (2e-2 failed once at 2.04%, phi's k_layernorm bias, B=2). A wrong
+    # row-to-example mapping is off by far more. ||sum c_i||^2 is compared relative to
+    # max(||sum c_i||^2, sum ||c_i||^2) since it may cancel.
+    rtol = 3e-2
     for n, (sq, bsq, count) in oracle.items():
         got = stats.per_param[n]
         assert got.num_examples == count
         scale = max(sq, bsq)
-        assert abs(got.example_sq_norm_sum - sq) <= 2e-2 * sq, (n, got, sq)
-        assert abs(got.batch_sq_norm - bsq) <= 2e-2 * scale, (n, got, bsq)
+        assert abs(got.example_sq_norm_sum - sq) <= rtol * sq, (n, got, sq)
+        assert abs(got.batch_sq_norm - bsq) <= rtol * scale, (n, got, bsq)
     tot_sq = sum(v[0] for v in oracle.values())
     tot_b = sum(v[1] for v in oracle.values())
-    assert rel_err(stats.total.example_sq_norm_sum, tot_sq) <= 2e-2
-    assert abs(stats.total.batch_sq_norm - tot_b) <= 2e-2 * max(tot_sq, tot_b)
+    assert rel_err(stats.total.example_sq_norm_sum, tot_sq) <= rtol
+    assert abs(stats.total.batch_sq_norm - tot_b) <= rtol * max(tot_sq, tot_b)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -155,11 +155,14 @@ def time_callbacks(callbacks: list[TrainerCallback], into: dict[str, float]) -> 
 
 
 class StepTimer(TrainerCallback):
-    """Wall-clock time at the start of training and at every optimizer step's end."""
+    """Wall-clock time at the start of training and at every optimizer step's end; also the
+    training thread's CPU time and the host's stolen CPU time (a VM's other tenants) at each step's end."""
 
     def __init__(self):
         self.start = math.nan
         self.stamps: list[float] = []
+        self.cpu_stamps: list[float] = []
+        self.steal_stamps: list[float] = []
 
     @staticmethod
     def _now() -> float:
@@ -172,6 +175,18 @@ class StepTimer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.stamps.append(self._now())
+        self.cpu_stamps.append(time.thread_time())
+        self.steal_stamps.append(stolen_seconds())
+
+
+def stolen_seconds() -> float:
+    """CPU time the hypervisor gave to others, summed over this host's CPUs (/proc/stat; NaN elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return math.nan
 
 
 def step_seconds(stamps: list[float], measure_from: int) -> list[float]:
@@ -258,6 +273,10 @@ def run_one(spec: dict[str, Any], keep_model: bool = False) -> dict[str, Any]:
                 result["step_s"] = step_seconds(stamps, spec["measure_from"])
                 if result["step_s"]:
                     result["s_per_step"] = statistics.median(result["step_s"])
+                    kept = len(stamps)
+                    result["cpu_s_per_step"] = statistics.median(step_seconds(timer.cpu_stamps[:kept], spec["measure_from"]))
+                    stolen = step_seconds(timer.steal_stamps[:kept], spec["measure_from"])
+                    result["stolen_cpu_s_per_step"] = sum(stolen) / len(stolen)
                 if cuda:
                     result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 if profiler is not None:
@@ -305,7 +324,18 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         base = rows.get((model, mb, BASELINE.get(variant)))
         for key in ("s_per_step", "peak_gib"):
             row[key + "_ratio"] = row[key] / base[key] if base and base[key] else math.nan
+        if variant in BASELINE:
+            row["round_ratios"] = paired_ratios(groups[model, mb, variant], groups.get((model, mb, BASELINE[variant]), []))
+            row["paired_ratio"] = statistics.median(row["round_ratios"]) if row["round_ratios"] else math.nan
     return list(rows.values())
+
+
+def paired_ratios(runs: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> list[float]:
+    """s/step of each round's run over its own round's baseline (neighbours in time, so a host that
+    changes speed between rounds moves both)."""
+    base = {r["round"]: r.get("s_per_step") for r in baselines if not r.get("error")}
+    return [r["s_per_step"] / base[r["round"]] for r in runs
+            if not r.get("error") and r.get("s_per_step") and base.get(r["round"])]
 
 
 def gns_cell(runs: list[dict[str, Any]]) -> str:
@@ -320,15 +350,22 @@ def fmt(x: float, digits: int) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The summary as a markdown table (ratios only on *_gns rows)."""
-    lines = ["| model | micro-batch | variant | s/step | vs unpatched | peak GiB | vs unpatched | GNS recorded steps | crashes |",
-             "|---|---:|---|---:|---:|---:|---:|---|---|"]
+    lines = ["| model | micro-batch | variant | s/step | vs unpatched | per round (median) | peak GiB | vs unpatched | "
+             "GNS recorded steps | crashes |",
+             "|---|---:|---|---:|---:|---|---:|---:|---|---|"]
     for r in rows:
         gns = r["variant"] in BASELINE
         crashes = f"{r['crashed']}/{r['runs']}: {r['first_error'][:120]}" if r["crashed"] else ""
         lines.append(f"| {r['model']} | {r['micro_batch']} | {r['variant']} | {fmt(r['s_per_step'], 4)} | "
-                     f"{fmt(r['s_per_step_ratio'], 3) if gns else ''} | {fmt(r['peak_gib'], 2)} | "
+                     f"{fmt(r['s_per_step_ratio'], 3) if gns else ''} | {per_round(r) if gns else ''} | "
+                     f"{fmt(r['peak_gib'], 2)} | "
                      f"{fmt(r['peak_gib_ratio'], 3) if gns else ''} | {r['gns']} | {crashes} |")
     return "\n".join(lines)
+
+
+def per_round(row: dict[str, Any]) -> str:
+    ratios = row.get("round_ratios") or []
+    return f"{', '.join(fmt(x, 3) for x in ratios)} ({fmt(row.get('paired_ratio', math.nan), 3)})" if ratios else ""
 
 
 def environment() -> dict[str, Any]:
@@ -396,6 +433,8 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 run = launch(spec, args.timeout)
             print(f"round {rnd} {model} mb={mb} {variant}: s/step={fmt(run.get('s_per_step', math.nan), 4)} "
+                  f"cpu s/step={fmt(run.get('cpu_s_per_step', math.nan), 4)} "
+                  f"stolen cpu s/step={fmt(run.get('stolen_cpu_s_per_step', math.nan), 4)} "
                   f"gns={run.get('gns_recorded', '-')}/{run.get('logged_steps', '-')} "
                   f"error={run.get('error')}", flush=True)
             report = run.pop("profile", None)

@@ -74,7 +74,7 @@ def _kernel_config_of(key: int, version: int, in_dtype: torch.dtype, native_dtyp
     """The kernel switches (`hf_gns.kernels.op.KernelConfig`) of the norm ``key`` for these dtypes
     (a constant of the graph, like `_view_of`)."""
     state = _BY_KEY[key]
-    return _GRAPH_OP.kernel_config_for(state.plan.formula, state.plan.eps, in_dtype, native_dtype, weight_dtype)
+    return _kernels().kernel_config_for(state.plan.formula, state.plan.eps, in_dtype, native_dtype, weight_dtype)
 
 
 def _forward_attr(module: nn.Module) -> str:
@@ -144,8 +144,8 @@ class PatchedNorm:
         layout = self.trainable_layout() if self._enabled else None
         params = self.module_ref._parameters
         device = params[layout.names[0]].device if layout is not None else None
-        if layout is not None and (self.tap is None or self.tap_layout is not layout or self.tap.device != device):
-            self._ensure_tap(layout, device)
+        if layout is not None:
+            self._tap_for(layout, device)
         formula = self.plan.formula
         weight = params.get("weight")
         foldable = (self.graph_fold and formula is not None and weight is not None and weight.dim() == 1
@@ -658,12 +658,29 @@ def place_statistics(model: nn.Module) -> None:
 
 def pass_counters(model: nn.Module) -> list[PassCounter]:
     """The pass counters of every patched root inside ``model`` (wrappers included)."""
-    return list({id(c): c for c in (m.__dict__[_ROOT_STATE] for m in model.modules() if _ROOT_STATE in m.__dict__)}.values())
+    return patched_parts(model)[1]
 
 
 def patched_modules(model: nn.Module) -> list[tuple[str, PatchedNorm]]:
     """(name, state) of every patched module in ``model``."""
     return [(n, m.__dict__[_STATE]) for n, m in model.named_modules() if _STATE in m.__dict__]
+
+
+def patched_parts(model: nn.Module, names_in: nn.Module | None = None
+                  ) -> tuple[list[tuple[str, PatchedNorm]], list[PassCounter]]:
+    """`patched_modules` and `pass_counters` of ``model`` in one walk of its modules (once per step);
+    the norms named as in ``names_in``, a module inside ``model`` (the model a wrapper holds)."""
+    norms, counters = [], {}
+    prefix = None if names_in is not None and names_in is not model else ""
+    for name, module in model.named_modules():
+        if prefix is None and module is names_in:
+            prefix = name + "."
+        found = module.__dict__
+        if _STATE in found:
+            norms.append((name[len(prefix):] if prefix and name.startswith(prefix) else name, found[_STATE]))
+        if _ROOT_STATE in found:
+            counters.setdefault(id(found[_ROOT_STATE]), found[_ROOT_STATE])
+    return norms, list(counters.values())
 
 
 def patched_module_names(model: nn.Module) -> list[str]:

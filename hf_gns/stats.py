@@ -17,7 +17,7 @@ from torch import nn
 
 from .distributed import world_size
 from .layout import warn_problems
-from .patch import pass_counters, patched_modules
+from .patch import PatchedNorm, patched_parts
 from .slots import TapLayout
 
 
@@ -68,9 +68,9 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _tapped(model: nn.Module) -> list[_Tapped]:
+def _tapped(norms: list[tuple[str, PatchedNorm]]) -> list[_Tapped]:
     out = []
-    for name, state in patched_modules(unwrap(model)):  # names as in named_parameters() (PEFT too)
+    for name, state in norms:  # names as in named_parameters() of the unwrapped model (PEFT too)
         if state.tap is not None and state.unmeasurable is None:
             prefix = f"{name}." if name else ""
             out.append(_Tapped(tuple(prefix + n for n in state.tap_layout.names), state.tap_layout, state.tap))
@@ -95,8 +95,9 @@ def clear_tap_grads(taps: list[torch.Tensor]) -> None:
 
 def reset_stats(model: nn.Module) -> None:
     """Forget everything recorded since the last reset."""
-    clear_tap_grads([entry.tap for entry in _tapped(model)])
-    for counter in pass_counters(model):
+    norms, counters = patched_parts(model, names_in=unwrap(model))
+    clear_tap_grads([entry.tap for entry in _tapped(norms)])
+    for counter in counters:
         counter.take_tokens()
         counter.take_problems()
 
@@ -156,8 +157,8 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
     torch.distributed the all-reduce is enqueued here, so every rank must call this at the
     same point of training.
     """
-    entries = _tapped(model)
-    counters = pass_counters(model)
+    norms, counters = patched_parts(model, names_in=unwrap(model))
+    entries = _tapped(norms)
     for counter in counters:
         counter.say_notes()
     problems = [p for c in counters for p in c.take_problems()]

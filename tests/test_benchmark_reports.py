@@ -157,3 +157,25 @@ def test_critical_batch_report_reads_b_simple_at_each_checkpoint(tmp_path):
     assert row["critical_batch"] == 16 and row["tokens"] == 12000
     assert row["norm_layers_kernel"] == 12.0  # the value at the checkpoint's step
     assert row["whole_model"] == 40.0 and row["norm_layers_diagnostic"] == 9.0  # the latest diagnostic before it
+
+
+def test_trainer_benchmark_pairs_each_round_with_its_own_baseline():
+    """The per-round ratio divides by the same round's unpatched run, whatever the order of runs;
+    a crashed run or a round without a baseline gives no ratio."""
+    import bench_trainer
+
+    rng = random.Random()
+    speeds = [rng.uniform(0.05, 0.15) for _ in range(5)]  # the host's speed in each round
+    costs = [rng.uniform(0.9, 1.2) for _ in range(5)]
+    runs = []
+    for rnd, (speed, cost) in enumerate(zip(speeds, costs)):
+        pair = [{"model": "m", "micro_batch": 2, "variant": "compiled", "round": rnd, "s_per_step": speed},
+                {"model": "m", "micro_batch": 2, "variant": "compiled_gns", "round": rnd, "s_per_step": speed * cost}]
+        runs.extend(pair[::-1] if rnd % 2 else pair)
+    runs.append({"model": "m", "micro_batch": 2, "variant": "compiled_gns", "round": 5, "s_per_step": 1.0})
+    runs.append({"model": "m", "micro_batch": 2, "variant": "compiled", "round": 6, "s_per_step": 1.0, "error": "x"})
+    runs.append({"model": "m", "micro_batch": 2, "variant": "compiled_gns", "round": 6, "s_per_step": 1.0})
+    rows = {r["variant"]: r for r in bench_trainer.summarize(runs)}
+    assert rows["compiled_gns"]["round_ratios"] == pytest.approx(costs)
+    assert rows["compiled_gns"]["paired_ratio"] == pytest.approx(sorted(costs)[2])
+    assert "round_ratios" not in rows["compiled"]

@@ -104,6 +104,21 @@ def test_statistics_keys_follow_a_peft_wrapper():
     assert stats.total.num_examples == 3
 
 
+@pytest.mark.parametrize("patched", ["inner", "wrapper"])
+def test_statistics_keys_drop_the_prefix_of_a_compile_wrapper(patched):
+    """A wrapper only prefixes names (``_orig_mod.``): the keys are the unwrapped model's, whether the
+    model or the wrapper itself was patched, and equal to an unwrapped model's keys."""
+    model = make_model("llama")
+    wrapper = torch.compile(model, backend="eager")
+    hf_gns.patch_model(model if patched == "inner" else wrapper, kernel="torch")
+    ids = torch.randint(0, 50, (3, 4))
+    model(input_ids=ids, labels=ids).loss.backward()  # eager: what is checked here is the naming
+    stats = hf_gns.gather_stats(wrapper)
+    names = {n for n, p in model.named_parameters() if "norm" in n}
+    assert set(stats.per_param) == names
+    assert stats.total.num_examples == 3
+
+
 @pytest.mark.parametrize("how", ["torch.save", "pickle"])
 def test_a_saved_patched_model_loads_patched_and_records(how, tmp_path):
     """torch.save / pickle of a whole patched model: the loaded model is patched and records."""

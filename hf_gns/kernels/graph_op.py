@@ -22,7 +22,7 @@ from torch.library import custom_op, triton_op, wrap_triton
 from ..formulas import NormFormula
 from ..slots import TapLayout
 from . import triton_norm as K
-from .op import KernelConfig, canonical_rows, kernel_config_for  # noqa: F401  (both: for hf_gns.patch)
+from .op import KernelConfig, canonical_rows  # noqa: F401  (canonical_rows: for hf_gns.patch)
 
 MAX_D = K.MAX_D
 _ROUND_DTYPES = {code: dtype for dtype, code in K.ROUND_CODES.items()}

@@ -41,7 +41,7 @@ _ENTRY = "_hf_gns_entry"
 class NormView:
     """What the forward of one patched norm decides on, apart from its input and the pass.
 
-    A compiled forward takes it as one constant (`_view_of`), so dynamo guards the state's version
+    A compiled forward takes it as one constant (`_view_of`), so dynamo guards the state's `view_key`
     instead of every attribute behind it (about 50 guards per norm, each evaluated before every
     compiled forward). Whatever changes these fields bumps `PatchedNorm.version`; a change of the
     parameters' ``requires_grad`` or device recompiles through the parameters' own guards."""
@@ -55,25 +55,31 @@ class NormView:
     interpreted: bool  # Triton kernels under TRITON_INTERPRET=1 (CPU tests)
 
 
-# every live PatchedNorm by its key: a compiled graph hands `_view_of` a key, since dynamo takes only
-# plain constants as the arguments of a function whose result it takes as a constant (torch 2.11)
+# every live PatchedNorm by its key: a compiled graph hands `_view_of` the norm's `view_key`, a string
+# "key:version", since dynamo takes only plain constants as the arguments of a function whose result
+# it takes as a constant (torch 2.11), and an int would not stay one: where one code object runs
+# several norms (a model that breaks the graph inside each layer, like the MoE ones), dynamo's
+# automatic dynamic shapes turn an int attribute seen with different values into a symbol
 _BY_KEY: "weakref.WeakValueDictionary[int, PatchedNorm]" = weakref.WeakValueDictionary()
 _KEYS = itertools.count()
 
 
-@torch._dynamo.assume_constant_result
-def _view_of(key: int, version: int) -> NormView:
-    """The `NormView` of the norm ``key``; a compiled graph evaluates it once, when traced, and guards
-    the key and ``version``."""
-    return _BY_KEY[key].view()
+def _norm_of(view_key: str) -> "PatchedNorm":
+    return _BY_KEY[int(view_key.partition(":")[0])]
 
 
 @torch._dynamo.assume_constant_result
-def _kernel_config_of(key: int, version: int, in_dtype: torch.dtype, native_dtype: torch.dtype,
-                      weight_dtype: torch.dtype):
-    """The kernel switches (`hf_gns.kernels.op.KernelConfig`) of the norm ``key`` for these dtypes
-    (a constant of the graph, like `_view_of`)."""
-    state = _BY_KEY[key]
+def _view_of(view_key: str) -> NormView:
+    """The `NormView` of the norm ``view_key`` names; a compiled graph evaluates it once, when
+    traced, and guards the key's value."""
+    return _norm_of(view_key).view()
+
+
+@torch._dynamo.assume_constant_result
+def _kernel_config_of(view_key: str, in_dtype: torch.dtype, native_dtype: torch.dtype, weight_dtype: torch.dtype):
+    """The kernel switches (`hf_gns.kernels.op.KernelConfig`) of the norm ``view_key`` names for
+    these dtypes (a constant of the graph, like `_view_of`)."""
+    state = _norm_of(view_key)
     return _kernels().kernel_config_for(state.plan.formula, state.plan.eps, in_dtype, native_dtype, weight_dtype)
 
 
@@ -97,9 +103,9 @@ class PatchedNorm:
         # method that would resolve, when loaded, to the patched forward itself)
         self._original = None if getattr(own, "__func__", None) is type(module).forward else own
         self.module_ref = module
-        self._register()
-        self.version = 0
         self._enabled = True
+        self.version = 0
+        self._register()
         self.warned: set[str] = set()
         self.tap: torch.Tensor | None = None
         self.tap_layout: TapLayout | None = None
@@ -119,8 +125,9 @@ class PatchedNorm:
         """A loaded model (pickle, torch.save) loads the compiled-graph operator as patching does."""
         state = dict(state)
         state.setdefault("_enabled", state.pop("enabled", True))
-        state.setdefault("version", 0)
+        version = state.pop("_version", state.pop("version", 0))
         self.__dict__.update(state)
+        self.version = version
         self._register()  # a copy or a loaded model is another norm: its own key
         self.graph_fold = bool(state.get("graph_fold")) and _load_graph_op()
         self.shared_in_pass = state.get("shared_in_pass", False)
@@ -128,6 +135,17 @@ class PatchedNorm:
     def _register(self) -> None:
         self.key = next(_KEYS)
         _BY_KEY[self.key] = self
+        self.version = self.version
+
+    @property
+    def version(self) -> int:
+        """Bumped by whatever changes this norm's `NormView` (a compiled graph guards `view_key`)."""
+        return self._version
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self._version = value
+        self.view_key = f"{getattr(self, 'key', -1)}:{value}"
 
     @property
     def enabled(self) -> bool:
@@ -227,7 +245,7 @@ class PatchedNorm:
     def forward(self, *args, **kwargs):
         self.counter.begin()
         x = _single_input(args, kwargs)
-        view = _view_of(self.key, self.version)
+        view = _view_of(self.view_key)
         layout = view.layout
         if layout is None or not torch.is_grad_enabled() or self.counter.paused:
             return self.original_forward(*args, **kwargs)
@@ -291,7 +309,7 @@ class PatchedNorm:
         bias = params.get("bias") if view.has_bias else None
         tap = self.tap  # made for this layout by `view`, when the graph was traced
         self.counter.slots[self] = _FOLDED
-        cfg = _kernel_config_of(self.key, self.version, x.dtype, native_output_dtype(x), weight.dtype)
+        cfg = _kernel_config_of(self.view_key, x.dtype, native_output_dtype(x), weight.dtype)
         plan = graph_op.fold_plan(cfg, x.numel() // x.shape[-1], spec.count, view.layout)
         moved = spec.dim != spec.canonical_dim
         _, x2d = graph_op.canonical_rows(x, spec)

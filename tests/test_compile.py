@@ -394,6 +394,39 @@ def test_a_graph_break_after_the_layers_adds_no_graph_and_no_graph_output():
     assert_stats_match(hf_gns.gather_stats(model), _oracle(ref, batches, n), rtol=1e-4, what="break after layers")
 
 
+class _BreakingMLP(nn.Module):
+    """A layer's MLP behind a graph break (as in the MoE families): each layer's norms then run in
+    frames of one code object, which dynamo compiles again per layer."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.graph_break()
+        return self.inner(x)
+
+
+def test_a_graph_break_inside_every_layer_keeps_the_statistics_exact():
+    """Four layers, each breaking the graph inside: one code object meets a different norm per
+    layer, and micro-batches of three sizes (so dynamo's automatic dynamic shapes would turn an int
+    attribute that differs between those calls into a symbol). Each norm's compiled view stays its
+    own constant (torch 2.11 failed on the MoE families here: `SymNodeVariable() is not a
+    constant`); brute force."""
+    model = make_model("llama", num_hidden_layers=4)
+    for layer in model.model.layers:
+        layer.mlp = _BreakingMLP(layer.mlp)
+    ref = clone(model)
+    hf_gns.patch_model(model, kernel="torch")
+    sizes = [rand_int(1, 2), 3, rand_int(4, 5)]
+    batches = _micro_batches("llama", model, sizes, rand_length(2, 5, *sizes))
+    n = sum(b["targets"].numel() for b in batches)
+    _train(torch.compile(model, backend="aot_eager"), batches, n)
+    assert_stats_match(hf_gns.gather_stats(model), _oracle(ref, batches, n), rtol=1e-4, what="break in every layer")
+    keys = [state.view_key for _, state in hf_gns.patch.patched_modules(model)]
+    assert len(set(keys)) == len(keys) == 9 and all(isinstance(k, str) for k in keys)
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_a_model_run_twice_in_one_forward_skips_one_step_then_sums_its_calls(compiled):
     """The module holding the norms called twice in one forward: the first such pass cannot be

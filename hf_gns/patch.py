@@ -135,7 +135,7 @@ class PatchedNorm:
     def _register(self) -> None:
         self.key = next(_KEYS)
         _BY_KEY[self.key] = self
-        self.version = self.version
+        self.view_key = f"{self.key}:{self._version}"
 
     @property
     def version(self) -> int:
@@ -145,7 +145,7 @@ class PatchedNorm:
     @version.setter
     def version(self, value: int) -> None:
         self._version = value
-        self.view_key = f"{getattr(self, 'key', -1)}:{value}"
+        self.view_key = f"{getattr(self, 'key', -1)}:{value}"  # (-1 until registered)
 
     @property
     def enabled(self) -> bool:

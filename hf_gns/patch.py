@@ -681,7 +681,7 @@ def pass_counters(model: nn.Module) -> list[PassCounter]:
 
 def patched_modules(model: nn.Module) -> list[tuple[str, PatchedNorm]]:
     """(name, state) of every patched module in ``model``."""
-    return [(n, m.__dict__[_STATE]) for n, m in model.named_modules() if _STATE in m.__dict__]
+    return patched_parts(model)[0]
 
 
 def patched_parts(model: nn.Module, names_in: nn.Module | None = None

@@ -63,7 +63,7 @@ run_logged() {
 ttl_large_setup() {
   tokens=${TOKENS:-210000000} mb=${MB:-32} top=${MAX_BATCH:-512} seed=${SEED:-1} block=${BLOCK:-512}
   python benchmarks/time_to_loss.py prepare /tmp/ttl_corpus --max_chars "${CHARS:-400000000}" 2>&1 | tail -n 1 | tee -a "$OUT/ttl.log"
-  common="--dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer --hidden_size ${HIDDEN:-256} --num_hidden_layers ${LAYERS:-8} --num_attention_heads ${HEADS:-4} --block_size $block --per_device_train_batch_size $mb --learning_rate ${LR:-2e-3} --warmup_steps 0.05 --bf16 --torch_compile --logging_steps 50 --no_report --max_eval_samples ${EVAL_BLOCKS:-512} --preprocessing_num_workers 8 --seed $seed"
+  common="--dataset_name /tmp/ttl_corpus --tokenizer_name /tmp/ttl_corpus/tokenizer --hidden_size ${HIDDEN:-256} --num_hidden_layers ${LAYERS:-8} --num_attention_heads ${HEADS:-4} --block_size $block --per_device_train_batch_size $mb --learning_rate ${LR:-2e-3} --warmup_steps 0.05 --bf16 --torch_compile --logging_steps 50 --no_report --max_eval_samples ${EVAL_BLOCKS:-512} --preprocessing_num_workers ${WORKERS:-16} --seed $seed"
   arm_args() {
     local arm=$1 steps
     case "$arm" in

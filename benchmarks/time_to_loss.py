@@ -6,7 +6,8 @@
 
 `prepare` writes a larger offline corpus than the example's default (every ``.py`` file under
 the installed site-packages, sorted; every 50th file held out for validation) and trains the
-BPE tokenizer on it. `report` takes the final validation loss of REF_RUN (the fixed large-batch
+BPE tokenizer on its first ``--tokenizer_chars`` characters; a folder prepared with the same
+arguments is reused. `report` takes the final validation loss of REF_RUN (the fixed large-batch
 run) as the target and finds, by linear interpolation of each run's eval curve against tokens,
 the tokens and optimizer steps it needed to reach it.
 """
@@ -26,9 +27,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from figures import finish_plot  # noqa: E402
 
 
-def prepare(out_dir: str, max_chars: int) -> None:
+def prepare(out_dir: str, max_chars: int, tokenizer_chars: int) -> None:
+    """Write the corpus and train the tokenizer on its first ``tokenizer_chars`` characters of
+    training text. A directory already prepared with the same arguments is kept as it is."""
     from corpus import train_bpe_tokenizer
 
+    done = os.path.join(out_dir, "prepared.json")
+    wanted = {"max_chars": max_chars, "tokenizer_chars": tokenizer_chars}
+    if os.path.exists(done):
+        record = json.load(open(done))
+        if {k: record.get(k) for k in wanted} == wanted:
+            print(f"corpus: {record['chars'] / 1e6:.1f}M characters from {record['files']} files -> {out_dir} (kept)")
+            return
     roots = sorted({p for p in site.getsitepackages() if os.path.isdir(p)})
     files = sorted(os.path.join(d, f) for root in roots for d, _, fs in os.walk(root) for f in fs if f.endswith(".py"))
     os.makedirs(out_dir, exist_ok=True)
@@ -43,7 +53,16 @@ def prepare(out_dir: str, max_chars: int) -> None:
             written += len(text)
             if written >= max_chars:
                 break
-    train_bpe_tokenizer([os.path.join(out_dir, "train.txt")], 4096, os.path.join(out_dir, "tokenizer"))
+    sample = os.path.join(out_dir, "tokenizer_sample.txt")
+    with open(os.path.join(out_dir, "train.txt")) as train, open(sample, "w") as out:
+        out.write(train.read(tokenizer_chars))
+    tokenizer_dir = os.path.join(out_dir, "tokenizer")
+    if os.path.exists(tokenizer_dir):  # never reuse a tokenizer trained on another corpus
+        import shutil
+        shutil.rmtree(tokenizer_dir)
+    train_bpe_tokenizer([sample], 4096, tokenizer_dir)
+    os.remove(sample)
+    json.dump({**wanted, "chars": written, "files": i + 1}, open(done, "w"))
     print(f"corpus: {written / 1e6:.1f}M characters from {i + 1} files -> {out_dir}")
 
 
@@ -194,6 +213,8 @@ def main(argv=None) -> None:
     p = sub.add_parser("prepare")
     p.add_argument("out_dir")
     p.add_argument("--max_chars", type=int, default=40_000_000)
+    p.add_argument("--tokenizer_chars", type=int, default=50_000_000,
+                   help="characters of training text the BPE tokenizer is trained on (a prefix of the corpus)")
     r = sub.add_parser("report")
     r.add_argument("ref")
     r.add_argument("runs", nargs="*")
@@ -205,7 +226,7 @@ def main(argv=None) -> None:
     f.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
-        prepare(args.out_dir, args.max_chars)
+        prepare(args.out_dir, args.max_chars, args.tokenizer_chars)
     elif args.cmd == "report":
         report(args.ref, args.runs, args.json)
     else:

@@ -274,11 +274,12 @@ def main(argv: list[str] | None = None) -> None:
 
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
-        last_loss = next((h["loss"] for h in reversed(history) if "loss" in h), float("nan"))
+        last_loss = next((h["loss"] for h in reversed(history) if "loss" in h), None)
         b_simple = next((h["gns/b_simple"] for h in reversed(history) if "gns/b_simple" in h), None)
         print("\n==== summary ====")
         print(f"steps:            {trainer.state.global_step}")
-        print(f"train loss:       {last_loss:.4f} (last logged), {train_result.training_loss:.4f} (mean)")
+        logged = f"{last_loss:.4f} (last logged), " if last_loss is not None else "none logged, "
+        print(f"train loss:       {logged}{train_result.training_loss:.4f} (mean)")
         runtime = train_result.metrics.get("train_runtime")
         if runtime:
             print(f"train time:       {runtime:.1f}s ({trainer.state.global_step / runtime:.2f} steps/s)")

@@ -179,3 +179,19 @@ def test_trainer_benchmark_pairs_each_round_with_its_own_baseline():
     assert rows["compiled_gns"]["round_ratios"] == pytest.approx(costs)
     assert rows["compiled_gns"]["paired_ratio"] == pytest.approx(sorted(costs)[2])
     assert "round_ratios" not in rows["compiled"]
+
+
+def test_prepare_trains_the_tokenizer_on_a_prefix_and_reuses_a_folder_prepared_alike(tmp_path, capsys):
+    out = str(tmp_path / "corpus")
+    time_to_loss.prepare(out, max_chars=300_000, tokenizer_chars=20_000)
+    record = json.load(open(os.path.join(out, "prepared.json")))
+    assert record["chars"] >= 300_000 and record["tokenizer_chars"] == 20_000
+    assert os.path.exists(os.path.join(out, "tokenizer", "tokenizer.json"))
+    assert not os.path.exists(os.path.join(out, "tokenizer_sample.txt"))
+    stamp = os.path.getmtime(os.path.join(out, "train.txt"))
+    capsys.readouterr()
+    time_to_loss.prepare(out, max_chars=300_000, tokenizer_chars=20_000)
+    assert "(kept)" in capsys.readouterr().out and os.path.getmtime(os.path.join(out, "train.txt")) == stamp
+    time_to_loss.prepare(out, max_chars=300_000, tokenizer_chars=30_000)  # other arguments: prepared anew
+    assert "(kept)" not in capsys.readouterr().out
+    assert json.load(open(os.path.join(out, "prepared.json")))["tokenizer_chars"] == 30_000

@@ -6,7 +6,7 @@
         [--json out.json] [--plot out.png]
 
 `branch` continues a Trainer checkpoint of `examples/train_lm.py` (its weights and AdamW state, at the
-learning rate the run had there, held constant, or ``--lr``) once per batch size, each branch on the same tokens in
+learning rate the run had there, held constant, or ``--lr``, and the run's gradient clipping) once per batch size, each branch on the same tokens in
 the same order (a fixed permutation of the training blocks) and the same token budget, and evaluates
 each on the same validation blocks. `report` takes, per checkpoint, the critical batch as the largest
 batch whose loss after the budget is within ``--tolerance`` nats of the smallest batch's (more
@@ -89,8 +89,10 @@ def branch(args: argparse.Namespace) -> list[dict]:
                              "would not train; pick an earlier checkpoint or give --lr")
         weights = {k: v.to(device) for k, v in AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).state_dict().items()}
         optimizer_state = torch.load(os.path.join(ckpt, "optimizer.pt"), map_location=device, weights_only=False)
-        result = {"checkpoint": ckpt, "step": real_step, "lr": lr, "tokens": budget_blocks * args.block_size,
-                  "block_size": args.block_size, "micro_batch": args.micro_batch, "branches": []}
+        clip = float(base_args.max_grad_norm or 0.0)  # the run's clipping (the Trainer clips before its step)
+        result = {"checkpoint": ckpt, "step": real_step, "lr": lr, "max_grad_norm": clip,
+                  "tokens": budget_blocks * args.block_size, "block_size": args.block_size,
+                  "micro_batch": args.micro_batch, "branches": []}
         start_loss = None
         for batch in batches:
             torch.manual_seed(args.data_seed)
@@ -110,6 +112,8 @@ def branch(args: argparse.Namespace) -> list[dict]:
                     with autocast:
                         loss = step_fn(input_ids=ids, labels=ids).loss / accum
                     loss.backward()
+                if clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             row = {"batch": batch, "steps": steps, "tokens": steps * batch * args.block_size,

@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--warmup_steps", type=float, default=0.1, help="steps, or a fraction of max_steps if < 1")
     p.add_argument("--max_steps", type=int, default=300)
+    p.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0: none; the Trainer's default 1.0)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--torch_compile", action="store_true", help="compile the model (GNS is recorded the same)")
@@ -79,7 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no_report", action="store_true", help="skip the plots and the model card section at the end")
     p.add_argument("--full_model_every", type=int, default=None,
                    help="also measure the whole model's GNS exactly every N steps (slow diagnostic)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.max_grad_norm >= 0:
+        p.error(f"--max_grad_norm={args.max_grad_norm}: expected a norm >= 0 (0 turns clipping off)")
+    return args
 
 
 def build_tokenizer(args: argparse.Namespace, train_file: str | None, corpus_dir: str) -> PreTrainedTokenizerBase:
@@ -196,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         lr_scheduler_type="cosine",
         warmup_steps=args.warmup_steps,
         max_steps=args.max_steps,
+        max_grad_norm=args.max_grad_norm,
         seed=args.seed,
         bf16=args.bf16,
         torch_compile=args.torch_compile,

@@ -195,3 +195,33 @@ def test_prepare_trains_the_tokenizer_on_a_prefix_and_reuses_a_folder_prepared_a
     time_to_loss.prepare(out, max_chars=300_000, tokenizer_chars=30_000)  # other arguments: prepared anew
     assert "(kept)" not in capsys.readouterr().out
     assert json.load(open(os.path.join(out, "prepared.json")))["tokenizer_chars"] == 30_000
+
+
+def test_critical_batch_branches_a_real_checkpoint_end_to_end(tmp_path):
+    """train_lm writes checkpoints; `branch` continues one at two batches on equal tokens; `report`
+    reads B_simple at the checkpoint's step. Tiny sizes: this checks the plumbing, not the physics."""
+    import critical_batch
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import train_lm
+
+    corpus = tmp_path / "corpus"
+    time_to_loss.prepare(str(corpus), max_chars=400_000, tokenizer_chars=100_000)
+    run = tmp_path / "run"
+    common = ["--dataset_name", str(corpus), "--tokenizer_name", str(corpus / "tokenizer"),
+              "--cache_dir", str(tmp_path / "cache")]
+    train_lm.main([*common, "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
+                   "--block_size", "32", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+                   "--max_steps", "6", "--save_steps", "3", "--eval_steps", "3", "--max_eval_samples", "8",
+                   "--full_model_every", "3", "--max_grad_norm", "0.5", "--no_report", "--output_dir", str(run)])
+    out = tmp_path / "branches"
+    critical_batch.main(["branch", str(run / "checkpoint-3"), *common, "--block_size", "32", "--micro_batch", "4",
+                         "--batches", "4,8", "--tokens", "1024", "--eval_blocks", "8", "--out", str(out)])
+    result = json.load(open(out / "branch_3.json"))
+    assert result["step"] == 3 and result["max_grad_norm"] == 0.5 and result["lr"] > 0
+    assert [(b["batch"], b["steps"], b["tokens"]) for b in result["branches"]] == [(4, 8, 1024), (8, 4, 1024)]
+    assert all(math.isfinite(b["eval_loss"]) and b["start_eval_loss"] == result["branches"][0]["start_eval_loss"]
+               for b in result["branches"])
+    (row,) = critical_batch.report(str(run), [str(out / "branch_3.json")], 10.0, None, None)
+    assert row["critical_batch"] == 8  # a tolerance of 10 nats: every batch keeps up
+    assert row["norm_layers_kernel"] > 0 and row["whole_model"] > 0 and row["tokens"] == 3 * 8 * 32

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 
 import pytest
@@ -225,3 +226,25 @@ def test_critical_batch_branches_a_real_checkpoint_end_to_end(tmp_path):
     (row,) = critical_batch.report(str(run), [str(out / "branch_3.json")], 10.0, None, None)
     assert row["critical_batch"] == 8  # a tolerance of 10 nats: every batch keeps up
     assert row["norm_layers_kernel"] > 0 and row["whole_model"] > 0 and row["tokens"] == 3 * 8 * 32
+
+
+def test_interleaved_step_pairs_abba_and_bounds_the_median():
+    import interleaved_step
+
+    order = interleaved_step.abba(3)
+    assert order == ["base", "gns", "gns", "base", "base", "gns"]
+    seconds = [1.0, 1.1, 2.2, 2.0, 1.0, 0.9]
+    assert interleaved_step.pair_ratios(order, seconds) == pytest.approx([1.1, 1.1, 0.9])
+    rng = random.Random()
+    values = [rng.uniform(0.8, 1.2) for _ in range(41)]
+    low, high = interleaved_step.bootstrap_median_interval(values)
+    assert low <= statistics.median(values) <= high and high - low < 0.4
+
+
+def test_interleaved_step_runs_both_variants_and_records_every_step(tmp_path):
+    import interleaved_step
+
+    result = interleaved_step.main(["--tiny", "--eager", "--pairs", "2", "--warmup", "1", "--out", str(tmp_path / "r.json")])
+    assert result["pairs"] == 2 and len(result["seconds"]) == 4
+    assert result["gns_recorded_steps"] == result["gns_steps"] == 3  # one hf_gns step in each of the 3 pairs
+    assert json.load(open(tmp_path / "r.json"))["ratio_median_of_pairs"] > 0

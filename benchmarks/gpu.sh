@@ -4,6 +4,9 @@
 #   trainer  benchmarks/bench_trainer.py: hf_gns cost per optimizer step in the HF Trainer
 #            (32 runs by default, half of them compiling; under a 10-minute limit split it,
 #            e.g. `trainer --models gpt2` and `trainer --models llama360m`)
+#   interleaved  benchmarks/interleaved_step.py: hf_gns's step cost with the host's speed taken out (both
+#            models compiled in one process, optimizer steps alternating; e.g. `interleaved --model gpt2
+#            --micro_batch 2 --pairs 100`)
 #   profile  benchmarks/profile_step.py: one micro-batch, unpatched vs hf_gns (host time, kernel launches)
 #   host     benchmarks/profile_host.py: host time per patched norm call (cProfile); OLD=<older
 #            hf_gns checkout> runs the same script against it first, side by side
@@ -42,7 +45,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$SRC${PYTHONPATH:+:$PYTHONPATH}
 fi
-jobs="env, trainer, profile, host, kernels, tests, modes, distributed, ln_proxy, time_to_loss, time_to_loss_large, critical_batch, multi"
+jobs="env, trainer, interleaved, profile, host, kernels, tests, modes, distributed, ln_proxy, time_to_loss, time_to_loss_large, critical_batch, multi"
 job=${1:?usage: bash benchmarks/gpu.sh JOB [args...], JOB one of: $jobs}
 shift
 # a run's summary lines (the examples print them at the end)
@@ -88,6 +91,9 @@ case "$job" in
     ;;
   trainer)
     python benchmarks/bench_trainer.py --out "$OUT/bench_trainer.json" "$@" 2>&1 | tee "$OUT/trainer.log"
+    ;;
+  interleaved)
+    python benchmarks/interleaved_step.py --out "$OUT/interleaved_step.json" "$@" 2>&1 | grep -v -i warn | tee "$OUT/interleaved.log"
     ;;
   profile)
     python benchmarks/profile_step.py "$@" 2>&1 | tee "$OUT/profile.log"

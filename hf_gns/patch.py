@@ -534,12 +534,10 @@ def _root_counter(model: nn.Module) -> PassCounter:
     counter = model.__dict__.get(_ROOT_STATE)
     if counter is None:
         inner = [m.__dict__.pop(_ROOT_STATE) for m in model.modules() if m is not model and _ROOT_STATE in m.__dict__]
-        _tree_changed()
         counter = inner[0] if inner else PassCounter()
         first = next(model.parameters(), None)
         counter.place(first.device if first is not None else torch.device("cpu"))
         model.__dict__[_ROOT_STATE] = counter
-        _tree_changed()
     return counter
 
 
@@ -644,7 +642,6 @@ def patch_model(
             continue
         state = PatchedNorm(module, name, plan, kernel, counter)
         module.__dict__[_STATE] = state
-        _tree_changed()
         module.__dict__[state.forward_attr] = state.forward
         module.__dict__["_apply"] = state.apply
         module.__dict__["extra_repr"] = state.extra_repr
@@ -690,60 +687,18 @@ def patched_modules(model: nn.Module) -> list[tuple[str, PatchedNorm]]:
 def patched_parts(model: nn.Module, names_in: nn.Module | None = None
                   ) -> tuple[list[tuple[str, PatchedNorm]], list[PassCounter]]:
     """`patched_modules` and `pass_counters` of ``model`` in one walk of its modules (once per step);
-    the norms named as in ``names_in``, a module inside ``model`` (the model a wrapper holds).
-
-    The walk is kept until a module of a walked tree registers a submodule (torch's global
-    registration hook; a container made on the fly, as ``self.layers[:n]`` in a forward, is in no
-    walked tree) or hf_gns patches or unpatches something: a 32-layer model's walk costs more host
-    time than the rest of a step's statistics."""
-    names_root = model if names_in is None else names_in
-    cached = _WALKS.get(model)
-    if cached is not None and cached[0] == _tree_generation and cached[1]() is names_root:
-        norms = [(name, ref()) for name, ref in cached[2]]
-        counters = [ref() for ref in cached[3]]
-        if all(state is not None for _, state in norms) and all(c is not None for c in counters):
-            return norms, counters
+    the norms named as in ``names_in``, a module inside ``model`` (the model a wrapper holds)."""
     norms, counters = [], {}
     prefix = None if names_in is not None and names_in is not model else ""
-    _watch_module_tree()
     for name, module in model.named_modules():
         if prefix is None and module is names_in:
             prefix = name + "."
-        _IN_WALKED_TREES.add(module)
         found = module.__dict__
         if _STATE in found:
             norms.append((name[len(prefix):] if prefix and name.startswith(prefix) else name, found[_STATE]))
         if _ROOT_STATE in found:
             counters.setdefault(id(found[_ROOT_STATE]), found[_ROOT_STATE])
-    # weak references only: a pass counter holds the model while a pass is open
-    _WALKS[model] = (_tree_generation, weakref.ref(names_root), tuple((n, weakref.ref(st)) for n, st in norms),
-                     tuple(weakref.ref(c) for c in counters.values()))
     return norms, list(counters.values())
-
-
-# the walks of `patched_parts`, per model, with the generation of the module trees they were made in
-_WALKS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-_IN_WALKED_TREES: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-_tree_generation = 0
-_watching = False
-
-
-def _tree_changed() -> None:
-    """A walked module tree changed (a submodule registered in it, or hf_gns state added or removed)."""
-    global _tree_generation
-    _tree_generation += 1
-
-
-def _on_module_registration(parent: nn.Module, name: str, submodule: nn.Module | None) -> None:
-    if parent in _IN_WALKED_TREES:
-        _tree_changed()
-
-
-def _watch_module_tree() -> None:
-    global _watching
-    if not _watching:
-        torch.nn.modules.module.register_module_module_registration_hook(_on_module_registration)
-        _watching = True
 
 
 def patched_module_names(model: nn.Module) -> list[str]:
@@ -758,7 +713,6 @@ def unpatch_model(model: nn.Module) -> None:
     _remove_entries(model)
     for module in model.modules():
         module.__dict__.pop(_ROOT_STATE, None)
-    _tree_changed()
 
 
 def set_recording(model: nn.Module, enabled: bool) -> None:

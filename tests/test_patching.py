@@ -960,32 +960,3 @@ def test_a_copied_or_loaded_model_has_norm_keys_of_its_own():
         hf_gns.set_recording(twin, False)
         assert all(registry[key].enabled for key in keys)
 
-
-def test_the_walk_of_patched_parts_is_kept_until_the_module_tree_changes():
-    """`patched_parts` keeps its walk across steps (a forward that slices its layers on the fly does
-    not drop it), and a changed tree (a layer replaced, a part patched, the model unpatched) is
-    walked again: the statistics follow the tree as it is."""
-    from hf_gns import patch as patching
-
-    torch.manual_seed(rand_int(0, 10_000))
-    model = make_model("llama", num_hidden_layers=3)
-    quiet_patch(model)
-    batch = make_batch("llama", model, 2, rand_int(3, 9))
-    first = patching.patched_parts(model)
-    batch_loss(model, batch).backward()  # LlamaModel's forward slices self.layers: a new ModuleList
-    again = patching.patched_parts(model)
-    assert [n for n, _ in again[0]] == [n for n, _ in first[0]] and patching._WALKS[model][0] == patching._tree_generation
-    assert all(a[1] is b[1] for a, b in zip(first[0], again[0]))
-
-    replacement = make_model("llama", num_hidden_layers=1).model.layers[0]  # not patched
-    model.model.layers[1] = replacement
-    names = [n for n, _ in patching.patched_parts(model)[0]]
-    assert not any(n.startswith("model.layers.1.") for n in names) and any(n.startswith("model.layers.2.") for n in names)
-    quiet_patch(model.model.layers[1])
-    assert any(n.startswith("model.layers.1.") for n, _ in patching.patched_parts(model)[0])
-    hf_gns.reset_stats(model)
-    batch_loss(model, batch).backward()
-    stats = hf_gns.gather_stats(model)
-    assert any(k.startswith("model.layers.1.") for k in stats.per_param) and stats.total.num_examples == 2
-    hf_gns.unpatch_model(model)
-    assert patching.patched_parts(model) == ([], [])

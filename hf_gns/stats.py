@@ -9,7 +9,6 @@ every rank returns the same numbers.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -73,23 +72,9 @@ def _tapped(norms: list[tuple[str, PatchedNorm]]) -> list[_Tapped]:
     out = []
     for name, state in norms:  # names as in named_parameters() of the unwrapped model (PEFT too)
         if state.tap is not None and state.unmeasurable is None:
-            out.append(_Tapped(_parameter_names(name, state), state.tap_layout, state.tap))
+            prefix = f"{name}." if name else ""
+            out.append(_Tapped(tuple(prefix + n for n in state.tap_layout.names), state.tap_layout, state.tap))
     return out
-
-
-_NAMES: "weakref.WeakKeyDictionary[PatchedNorm, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _parameter_names(name: str, state: PatchedNorm) -> tuple[str, ...]:
-    """The full names of the parameters in ``state``'s tap (kept while its name and layout hold)."""
-    layout = state.tap_layout
-    kept = _NAMES.get(state)
-    if kept is not None and kept[0] == name and kept[1] is layout:
-        return kept[2]
-    prefix = f"{name}." if name else ""
-    names = tuple(prefix + n for n in layout.names)
-    _NAMES[state] = (name, layout, names)
-    return names
 
 
 def _world_size(reduce: bool) -> int:

@@ -959,4 +959,3 @@ def test_a_copied_or_loaded_model_has_norm_keys_of_its_own():
         assert all(registry[state.key] is state for state in twin_states)
         hf_gns.set_recording(twin, False)
         assert all(registry[key].enabled for key in keys)
-

@@ -227,6 +227,23 @@ def training_args(spec: dict[str, Any], output_dir: str) -> TrainingArguments:
 _KEPT_MODELS: dict[tuple, tuple[PreTrainedModel, int]] = {}
 
 
+def dynamo_counts() -> dict[str, Any]:
+    """Graph breaks (with their five commonest reasons) and graphs that dynamo made in this process
+    since the counters were last cleared: a break inside the layers of a compiled model shows here."""
+    from torch._dynamo.utils import counters
+
+    breaks = counters["graph_break"]
+    commonest = sorted(breaks.items(), key=lambda item: -item[1])[:5]
+    return {"graph_breaks": sum(breaks.values()), "graph_break_reasons": {str(k)[:300]: v for k, v in commonest},
+            "unique_graphs": counters["stats"].get("unique_graphs", 0)}
+
+
+def clear_dynamo_counts() -> None:
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+
+
 def run_one(spec: dict[str, Any], keep_model: bool = False) -> dict[str, Any]:
     """Train one (model, micro_batch, variant) from scratch; time steps, memory and GNS logging.
     ``keep_model``: train the model this variant trained before in this process, if any."""
@@ -235,6 +252,7 @@ def run_one(spec: dict[str, Any], keep_model: bool = False) -> dict[str, Any]:
     gns = spec["variant"].endswith("_gns")
     patched = gns or spec["variant"].endswith("_patched")
     result: dict[str, Any] = {**spec, "error": None}
+    clear_dynamo_counts()
     try:
         key = (spec["model"], spec["variant"], spec["micro_batch"])
         if cuda:  # the other variants' kept models wait on the CPU: the peak memory is this run's own
@@ -266,6 +284,7 @@ def run_one(spec: dict[str, Any], keep_model: bool = False) -> dict[str, Any]:
                 trainer.train()
             finally:
                 result.update(gns_counts(trainer.state.log_history))
+                result.update(dynamo_counts())
                 result["steps_done"] = len(timer.stamps)
                 if timer.stamps:
                     result["first_step_s"] = timer.stamps[0] - timer.start

@@ -52,12 +52,16 @@ shift
 summary="^(model|steps|train loss|eval loss|gns/b_simple|total time):"
 # pack run directories without checkpoints, weights and tokenizers: tgz NAME DIR...
 tgz() { local name=$1; shift; (cd /tmp/runs && tar czf "$OUT/$name" --exclude='checkpoint-*' --exclude='*.safetensors' --exclude='*.bin' --exclude='tokenizer*' "$@"); }
-# one training run: the command, its summary lines and its wall time, appended to a log: run_logged LOG SECONDS CMD
+# one training run: the command, its summary lines and its wall time, appended to a log, and its
+# progress lines ("step N: ...") with the seconds since the start to LOG's .progress: run_logged LOG SECONDS CMD
 run_logged() {
   local log=$1 limit=$2 cmd=$3 start
   echo "\$ $cmd" | tee -a "$log"
   start=$(date +%s)
-  timeout "$limit" $cmd 2>&1 | grep -E "$summary" | tee -a "$log" || true
+  timeout "$limit" $cmd 2>&1 \
+    | tee >(tr '\r' '\n' | grep -a --line-buffered '^step ' \
+            | while IFS= read -r line; do echo "$(( $(date +%s) - start ))s $line"; done >> "${log%.log}.progress") \
+    | grep -a -E "$summary" | tee -a "$log" || true
   echo "wall: $(( $(date +%s) - start ))s" | tee -a "$log"
 }
 
@@ -162,11 +166,13 @@ case "$job" in
     # spread over the visible GPUs (each GPU runs its arms one after another, or all at once with
     # CONCURRENT=1, after one short run has tokenized the corpus into a cache they share); one seed
     # per call (SEED). Tokens and steps to the target do not depend on how arms share a GPU; their
-    # wall time does (question 4 needs arms timed alone).
+    # wall time does (question 4 needs arms timed alone). Every arm saves a checkpoint every 1/20 of
+    # its steps and resumes from its newest one, and an arm that finished is skipped: a call cut by
+    # RUN_TIMEOUT is continued by the next call on the same (warm) machine, which keeps /tmp.
     ttl_large_setup
     gpus=$(python -c "import torch; print(max(1, torch.cuda.device_count()))")
     arms=(${ARMS:-fixed32 fixed128 fixed512 linear gns})
-    if [ "${CONCURRENT:-0}" = 1 ]; then
+    if [ "${CONCURRENT:-0}" = 1 ] && [ ! -f /tmp/runs/ttl_tokenize/trainer_state.json ]; then
       cmd="python $SRC/examples/train_lm.py $common $(arm_args fixed32_nogns) --max_steps 1 --output_dir /tmp/runs/ttl_tokenize --cache_dir /tmp/cache_ttl"
       run_logged "$OUT/ttl.log" 300 "$cmd"
     fi
@@ -175,11 +181,18 @@ case "$job" in
         export CUDA_VISIBLE_DEVICES=$g
         for ((a = g; a < ${#arms[@]}; a += gpus)); do
           arm=${arms[$a]}
+          if [ -f "/tmp/runs/ttl_${arm}_$seed/trainer_state.json" ]; then
+            echo "$arm: finished in an earlier call" | tee -a "$OUT/ttl_${arm}.log"; continue
+          fi
+          steps=$(arm_args "$arm" | sed -E 's/.*--max_steps ([0-9]+).*/\1/')
+          extra="--resume --save_steps $((steps / 20 + 1)) --save_total_limit 1"
+          # CB_ARM: the arm that keeps all its checkpoints and measures the whole model (critical_batch RUN=)
+          [ "$arm" = "${CB_ARM:-}" ] && extra="--resume --save_steps ${SAVE_STEPS:-400} --full_model_every 25"
           if [ "${CONCURRENT:-0}" = 1 ]; then
-            cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") --output_dir /tmp/runs/ttl_${arm}_$seed --cache_dir /tmp/cache_ttl $*"
+            cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") $extra --output_dir /tmp/runs/ttl_${arm}_$seed --cache_dir /tmp/cache_ttl $*"
             run_logged "$OUT/ttl_${arm}.log" "${RUN_TIMEOUT:-300}" "$cmd" &
           else
-            cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") --output_dir /tmp/runs/ttl_${arm}_$seed --cache_dir /tmp/cache_gpu$g $*"
+            cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") $extra --output_dir /tmp/runs/ttl_${arm}_$seed --cache_dir /tmp/cache_gpu$g $*"
             run_logged "$OUT/ttl_gpu$g.log" "${RUN_TIMEOUT:-300}" "$cmd"
           fi
         done
@@ -189,8 +202,13 @@ case "$job" in
     wait
     cat "$OUT"/ttl_fixed*.log "$OUT"/ttl_linear.log "$OUT"/ttl_gns.log >> "$OUT/ttl.log" 2>/dev/null || true
     cat "$OUT"/ttl_gpu*.log >> "$OUT/ttl.log" 2>/dev/null || true
-    python benchmarks/time_to_loss.py frontier $(for arm in "${arms[@]}"; do echo "$arm=/tmp/runs/ttl_${arm}_$seed"; done) \
-      --json "$OUT/ttl_frontier_$seed.json" --plot "$OUT/ttl_frontier_$seed.png" | tee -a "$OUT/ttl.log"
+    unfinished=$(for arm in "${arms[@]}"; do [ -f "/tmp/runs/ttl_${arm}_$seed/trainer_state.json" ] || echo "$arm"; done)
+    if [ -z "$unfinished" ]; then
+      python benchmarks/time_to_loss.py frontier $(for arm in "${arms[@]}"; do echo "$arm=/tmp/runs/ttl_${arm}_$seed"; done) \
+        --json "$OUT/ttl_frontier_$seed.json" --plot "$OUT/ttl_frontier_$seed.png" | tee -a "$OUT/ttl.log"
+    else
+      echo "not finished (the next call resumes them): $unfinished" | tee -a "$OUT/ttl.log"
+    fi
     tgz ttl_runs_$seed.tgz $(cd /tmp/runs && ls -d ttl_*_$seed)
     ;;
   critical_batch)
@@ -198,16 +216,19 @@ case "$job" in
     # SAVE_STEPS steps and the whole model measured every 25 steps, then branches from the checkpoints
     # at CKPTS (steps) at each batch of BATCHES with BRANCH_TOKENS tokens each, at the run's LR there.
     # The run may be cut by RUN_TIMEOUT once the last of CKPTS is saved (each save writes its history).
+    # RUN=<dir> branches from a run made before (time_to_loss_large with CB_ARM=<arm>) instead.
     ttl_large_setup
     arm=${ARM:-fixed128}
-    run=/tmp/runs/cb_${arm}_$seed
-    cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") --save_steps ${SAVE_STEPS:-200} --full_model_every 25 --output_dir $run --cache_dir /tmp/cache_gpu0 $*"
-    run_logged "$OUT/cb.log" "${RUN_TIMEOUT:-300}" "$cmd"
+    run=${RUN:-/tmp/runs/cb_${arm}_$seed}
+    if [ -z "${RUN:-}" ]; then
+      cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") --save_steps ${SAVE_STEPS:-200} --full_model_every 25 --output_dir $run --cache_dir /tmp/cache_ttl $*"
+      run_logged "$OUT/cb.log" "${RUN_TIMEOUT:-300}" "$cmd"
+    fi
     ckpts=()
     for ckpt in ${CKPTS:-200 600 1000}; do ckpts+=("$run/checkpoint-$ckpt"); done
     python benchmarks/critical_batch.py branch "${ckpts[@]}" --dataset_name /tmp/ttl_corpus \
-      --tokenizer_name /tmp/ttl_corpus/tokenizer --cache_dir /tmp/cache_gpu0 --block_size "$block" --micro_batch "$mb" \
-      --batches "${BATCHES:-32,64,128,256,512}" --tokens "${BRANCH_TOKENS:-10000000}" --bf16 --compile \
+      --tokenizer_name /tmp/ttl_corpus/tokenizer --cache_dir /tmp/cache_ttl --block_size "$block" --micro_batch "$mb" \
+      --batches "${BATCHES:-32,64,128,256,512}" --tokens "${BRANCH_TOKENS:-10000000}" --bf16 --compile --preprocessing_num_workers "${WORKERS:-16}" \
       --out "$OUT/cb_branches" 2>&1 | grep -E '^\{|Error|error' | tee -a "$OUT/cb.log"
     python benchmarks/critical_batch.py report "$run" "$OUT"/cb_branches/branch_*.json --json "$OUT/cb_report.json" --plot "$OUT/cb.png" | tee -a "$OUT/cb.log"
     tgz cb_runs.tgz "$(basename "$run")"

@@ -67,6 +67,9 @@ class Variant:
     def __init__(self, name: str, model: torch.nn.Module, compile_model: bool, device: torch.device) -> None:
         self.name = name
         self.model = model.to(device).train()
+        # as the Trainer does (TrainingArguments.use_cache, default False): with the KV cache on, the
+        # modelling code's cache update breaks the compiled graph in every layer
+        self.model.config.use_cache = False
         fused = device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.0, fused=fused)
         self.forward = torch.compile(self.model) if compile_model else self.model
@@ -99,8 +102,9 @@ class Variant:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from bench_trainer import build_model  # the same model definitions as the Trainer benchmark
+    from bench_trainer import build_model, clear_dynamo_counts, dynamo_counts  # the Trainer benchmark's models
 
+    clear_dynamo_counts()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     base_model = build_model(args.model, args.tiny)
@@ -153,6 +157,7 @@ def run(args: argparse.Namespace) -> dict:
         "ratio_of_medians": per_variant["gns"]["s_per_step"] / per_variant["base"]["s_per_step"],
         "cpu_ratio_of_medians": per_variant["gns"]["cpu_s_per_step"] / per_variant["base"]["cpu_s_per_step"],
         "pairs": len(ratios),
+        **dynamo_counts(),
         "gns_recorded_steps": gns.recorded,
         "gns_steps": gns.steps,
         "order": order,
@@ -191,7 +196,10 @@ def main(argv=None) -> dict:
           f"hf_gns {v['gns']['s_per_step']:.4f}; hf_gns / unpatched, median of {result['pairs']} pairs "
           f"{result['ratio_median_of_pairs']:.4f} (95% interval {low:.4f}-{high:.4f}), ratio of medians "
           f"{result['ratio_of_medians']:.4f}, CPU {result['cpu_ratio_of_medians']:.4f}; "
-          f"GNS recorded on {result['gns_recorded_steps']} of {result['gns_steps']} steps")
+          f"GNS recorded on {result['gns_recorded_steps']} of {result['gns_steps']} steps; "
+          f"{result['graph_breaks']} graph breaks")
+    for reason, count in result["graph_break_reasons"].items():
+        print(f"  graph break x{count}: {reason}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -31,6 +31,7 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from corpus import default_corpus_files, group_texts, load_text_dataset, train_bpe_tokenizer
 
@@ -70,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps (always once at the end)")
     p.add_argument("--max_eval_samples", type=int, default=None, help="evaluate on N validation blocks (a fixed sample)")
     p.add_argument("--save_steps", type=int, default=None, help="save a checkpoint every N steps (default: never)")
+    p.add_argument("--save_total_limit", type=int, default=None, help="keep only the newest N checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --output_dir, if there is one (GNS state included)")
     p.add_argument("--no_eval_accuracy", action="store_true", help="evaluate loss / perplexity only, no token accuracy")
     # gradient noise scale
     p.add_argument("--no_gns", action="store_true", help="train without hf_gns")
@@ -210,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_steps=args.eval_steps,
         save_strategy="steps" if args.save_steps else "no",
         save_steps=args.save_steps or 500,
+        save_total_limit=args.save_total_limit,
         dataloader_drop_last=True,  # every step sees the same batch size
         ddp_find_unused_parameters=False,  # every parameter gets a gradient
         disable_tqdm=False,
@@ -273,7 +278,10 @@ def main(argv: list[str] | None = None) -> None:
             f"setup took {time.time() - t0:.1f}s"
         )
 
-    train_result = trainer.train()
+    last = get_last_checkpoint(args.output_dir) if args.resume and os.path.isdir(args.output_dir) else None
+    if last is not None and trainer.is_world_process_zero():
+        print(f"resuming from {last}")
+    train_result = trainer.train(resume_from_checkpoint=last)
     eval_metrics = trainer.evaluate() if eval_split else {}
     trainer.save_state()
 

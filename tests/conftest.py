@@ -17,6 +17,11 @@ import random
 import pytest
 import torch
 
+# under pytest-xdist (pyproject's addopts), the workers share the cores instead of each taking all
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+
 
 @pytest.fixture(autouse=True)
 def fresh_seed(request):

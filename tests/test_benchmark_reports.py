@@ -12,6 +12,7 @@ import statistics
 import sys
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
@@ -228,6 +229,45 @@ def test_critical_batch_branches_a_real_checkpoint_end_to_end(tmp_path):
     assert row["norm_layers_kernel"] > 0 and row["whole_model"] > 0 and row["tokens"] == 3 * 8 * 32
 
 
+def test_train_lm_resumes_a_cut_run_from_its_newest_checkpoint(tmp_path, capsys):
+    """`--resume` (what lets a time-to-loss arm span several calls of the GPU machine): a run cut
+    after its step-4 checkpoint, resumed, ends as the uninterrupted run (loss, batch growth, GNS)."""
+    import shutil
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import train_lm
+
+    corpus = tmp_path / "corpus"
+    time_to_loss.prepare(str(corpus), max_chars=300_000, tokenizer_chars=100_000)
+    common = ["--dataset_name", str(corpus), "--tokenizer_name", str(corpus / "tokenizer"),
+              "--cache_dir", str(tmp_path / "cache"), "--hidden_size", "32", "--num_hidden_layers", "1",
+              "--num_attention_heads", "2", "--block_size", "16", "--per_device_train_batch_size", "2",
+              "--max_steps", "8", "--save_steps", "4", "--batch_size_policy", "steps:3:4", "--no_report",
+              "--no_eval_accuracy", "--max_eval_samples", "4", "--seed", str(random.randrange(1000))]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train_lm.main([*common, "--output_dir", str(whole)])
+    train_lm.main([*common, "--output_dir", str(cut)])
+    for path in cut.iterdir():  # as if killed after step 4's save
+        if path.name != "checkpoint-4":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    capsys.readouterr()
+    train_lm.main([*common, "--output_dir", str(cut), "--resume"])
+    assert f"resuming from {cut / 'checkpoint-4'}" in capsys.readouterr().out
+
+    def steps(run):
+        log = json.load(open(run / "trainer_state.json"))["log_history"]
+        return {row["step"]: row for row in log if "loss" in row}
+
+    want, got = steps(whole), steps(cut)
+    last = max(want)  # the policy's token budget (8 steps of 2) ends the run early once the batch grew
+    assert sorted(got) == sorted(want) == list(range(1, last + 1)) and last > 4
+    for step in range(5, last + 1):
+        assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-5)
+        assert got[step]["gns/batch_size"] == want[step]["gns/batch_size"]
+        assert got[step]["gns/step_b_simple"] == pytest.approx(want[step]["gns/step_b_simple"], rel=1e-4)
+    assert want[last]["gns/batch_size"] == 4 and want[2]["gns/batch_size"] == 2  # the batch grew at step 3
+
+
 def test_interleaved_step_pairs_abba_and_bounds_the_median():
     import interleaved_step
 
@@ -248,3 +288,22 @@ def test_interleaved_step_runs_both_variants_and_records_every_step(tmp_path):
     assert result["pairs"] == 2 and len(result["seconds"]) == 4
     assert result["gns_recorded_steps"] == result["gns_steps"] == 3  # one hf_gns step in each of the 3 pairs
     assert json.load(open(tmp_path / "r.json"))["ratio_median_of_pairs"] > 0
+
+
+def test_the_benchmarks_report_the_graph_breaks_of_their_runs():
+    """A break in compiled code reaches the benchmarks' JSON with its reason; clearing forgets it."""
+    import bench_trainer
+
+    def layer(x):
+        x = x * 2
+        torch._dynamo.graph_break()
+        return x + 1
+
+    bench_trainer.clear_dynamo_counts()
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(layer, backend="eager")(torch.ones(3)), torch.full((3,), 3.0))
+    counts = bench_trainer.dynamo_counts()
+    assert counts["graph_breaks"] >= 1 and counts["unique_graphs"] >= 1
+    assert any("graph_break" in reason for reason in counts["graph_break_reasons"])
+    bench_trainer.clear_dynamo_counts()
+    assert bench_trainer.dynamo_counts()["graph_breaks"] == 0

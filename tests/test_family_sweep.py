@@ -539,6 +539,8 @@ def check_family(model_type: str) -> Outcome:
 # tests
 # -------------------------------------------------------------------------------------------
 FAMILIES = sorted(CONFIG_MAPPING.keys())
+# one pytest-xdist worker runs the whole sweep, so that its summary sees every family
+pytestmark = pytest.mark.xdist_group("family_sweep")
 RESULTS: dict[str, Outcome] = {}
 XFAIL: dict[str, tuple[str, type[BaseException]]] = {}
 

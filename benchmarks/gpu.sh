@@ -24,10 +24,12 @@
 #   time_to_loss_large  the same at a Chinchilla-optimal 10.5M-parameter scale: fixed batches, linear
 #                and GNS-driven arms spread over the GPUs, tokens and steps to a common target against
 #                the fixed-batch frontier (SEED=1, TOKENS=210000000, ARMS="fixed32 fixed128 fixed512 linear gns",
-#                CONCURRENT=1 runs each GPU's arms at once;
+#                CONCURRENT=1 runs each GPU's arms at once; arms resume from their checkpoints, so calls
+#                made back to back on the warm machine finish them; CB_ARM=fixed128 keeps that arm's checkpoints;
 #                an arm fixedN_nogns trains fixedN without hf_gns: the cost of hf_gns, from whole runs)
 #   critical_batch  benchmarks/critical_batch.py: branches at several batches from checkpoints of a
-#                time_to_loss_large arm, the critical batch measured directly vs B_simple
+#                time_to_loss_large arm (its own run, or RUN=<dir> of one made with CB_ARM), the critical
+#                batch measured directly vs B_simple
 #   multi    both examples under `accelerate launch --num_processes 2` (2 GPUs, NCCL, bf16)
 # Logs and JSON go to ${OUT:-/tmp/out}. SRC=<checkout> runs the hf_gns (and examples/) of another
 # checkout (default: this repository). Wheels carried in .whl/ (datasets, dill, multiprocess,

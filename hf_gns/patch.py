@@ -197,9 +197,16 @@ class PatchedNorm:
         return module
 
     def follow_parameters(self) -> None:
-        """Move the tap to the parameters' device (its statistics so far are dropped)."""
+        """Move the tap (its statistics so far are dropped) and the pass counter's token totals to
+        the parameters' device: a model patched on the CPU and moved after, by ``.to()``, must not
+        meet totals on the CPU in its first compiled forward (moving them there is a graph break,
+        which dynamo then keeps in every norm's frame)."""
+        params = self.module_ref._parameters
+        first = next((p for p in params.values() if p is not None), None)
+        if first is not None:
+            self.counter.place(first.device)
         if self.tap is not None:
-            device = self.module_ref._parameters[self.tap_layout.names[0]].device
+            device = params[self.tap_layout.names[0]].device
             if self.tap.device != device:
                 self._ensure_tap(self.tap_layout, device)
 

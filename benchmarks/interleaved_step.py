@@ -67,8 +67,8 @@ class Variant:
     def __init__(self, name: str, model: torch.nn.Module, compile_model: bool, device: torch.device) -> None:
         self.name = name
         self.model = model.to(device).train()
-        # as the Trainer does (TrainingArguments.use_cache, default False): with the KV cache on, the
-        # modelling code's cache update breaks the compiled graph in every layer
+        # as the Trainer does (TrainingArguments.use_cache, default False): the modelling code then takes
+        # the Trainer's path, with no KV cache built in each training forward
         self.model.config.use_cache = False
         fused = device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.0, fused=fused)

@@ -24,7 +24,7 @@
 #   time_to_loss_large  the same at a Chinchilla-optimal 10.5M-parameter scale: fixed batches, linear
 #                and GNS-driven arms spread over the GPUs, tokens and steps to a common target against
 #                the fixed-batch frontier (SEED=1, TOKENS=210000000, ARMS="fixed32 fixed128 fixed512 linear gns",
-#                CONCURRENT=1 runs each GPU's arms at once; arms resume from their checkpoints, so calls
+#                CONCURRENT=1 runs each GPU's arms at once; FULL_EVERY=25: the CB arm's whole-model steps; arms resume from their checkpoints, so calls
 #                made back to back on the warm machine finish them; CB_ARM=fixed128 keeps that arm's checkpoints;
 #                an arm fixedN_nogns trains fixedN without hf_gns: the cost of hf_gns, from whole runs)
 #   critical_batch  benchmarks/critical_batch.py: branches at several batches from checkpoints of a
@@ -116,7 +116,7 @@ case "$job" in
     python benchmarks/bench_norms.py --json "$OUT/bench_norms.json" "$@" 2>&1 | grep -v -i -E "warn|Backend impl" | tee "$OUT/kernels.log"
     ;;
   tests)
-    HF_GNS_TEST_DEVICE=cuda python -m pytest -q -p no:cacheprovider tests/test_kernels.py "$@" 2>&1 | tee "$OUT/tests.log"
+    HF_GNS_TEST_DEVICE=cuda python -m pytest -q -p no:cacheprovider -o addopts= tests/test_kernels.py "$@" 2>&1 | tee "$OUT/tests.log"
     ;;
   modes)
     python benchmarks/compile_modes.py "$@" 2>&1 | grep -v -i "autotune\|triton_mm\|warn" | tee "$OUT/modes.log"
@@ -189,7 +189,7 @@ case "$job" in
           steps=$(arm_args "$arm" | sed -E 's/.*--max_steps ([0-9]+).*/\1/')
           extra="--resume --save_steps $((steps / 20 + 1)) --save_total_limit 1"
           # CB_ARM: the arm that keeps all its checkpoints and measures the whole model (critical_batch RUN=)
-          [ "$arm" = "${CB_ARM:-}" ] && extra="--resume --save_steps ${SAVE_STEPS:-400} --full_model_every 25"
+          [ "$arm" = "${CB_ARM:-}" ] && extra="--resume --save_steps ${SAVE_STEPS:-400} --full_model_every ${FULL_EVERY:-25}"
           if [ "${CONCURRENT:-0}" = 1 ]; then
             cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") $extra --output_dir /tmp/runs/ttl_${arm}_$seed --cache_dir /tmp/cache_ttl $*"
             run_logged "$OUT/ttl_${arm}.log" "${RUN_TIMEOUT:-300}" "$cmd" &
@@ -223,7 +223,7 @@ case "$job" in
     arm=${ARM:-fixed128}
     run=${RUN:-/tmp/runs/cb_${arm}_$seed}
     if [ -z "${RUN:-}" ]; then
-      cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") --save_steps ${SAVE_STEPS:-200} --full_model_every 25 --output_dir $run --cache_dir /tmp/cache_ttl $*"
+      cmd="python $SRC/examples/train_lm.py $common $(arm_args "$arm") --save_steps ${SAVE_STEPS:-200} --full_model_every ${FULL_EVERY:-25} --output_dir $run --cache_dir /tmp/cache_ttl $*"
       run_logged "$OUT/cb.log" "${RUN_TIMEOUT:-300}" "$cmd"
     fi
     ckpts=()

@@ -264,7 +264,12 @@ def test_train_lm_resumes_a_cut_run_from_its_newest_checkpoint(tmp_path, capsys)
     for step in range(5, last + 1):
         assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-5)
         assert got[step]["gns/batch_size"] == want[step]["gns/batch_size"]
-        assert got[step]["gns/step_b_simple"] == pytest.approx(want[step]["gns/step_b_simple"], rel=1e-4)
+        # one step's |G|^2 estimate can be <= 0 on so few examples (its B_simple is then nan): compare
+        # the estimates themselves, |G|^2 to the scale of tr(Sigma)
+        scale = abs(want[step]["gns/step_trace_sigma"])
+        assert got[step]["gns/step_trace_sigma"] == pytest.approx(want[step]["gns/step_trace_sigma"], rel=1e-4)
+        assert got[step]["gns/step_g2"] == pytest.approx(want[step]["gns/step_g2"], rel=1e-4, abs=1e-4 * scale)
+        assert got[step]["gns/step_b_simple"] == pytest.approx(want[step]["gns/step_b_simple"], rel=1e-4, nan_ok=True)
     assert want[last]["gns/batch_size"] == 4 and want[2]["gns/batch_size"] == 2  # the batch grew at step 3
 
 

@@ -330,7 +330,7 @@ def test_a_model_moved_after_patching_compiles_in_one_graph():
     backend, graphs = _count_graphs()
     compiled = torch.compile(model, backend=backend, fullgraph=True)
     size = rand_int(1, 3)
-    batches = _micro_batches("llama", model, [size, size], rand_length(2, 5))  # one shape: one graph
+    batches = _micro_batches("llama", model, [size, size], rand_length(2, 5, size))  # one shape: one graph
     batches = [{k: v.to(DEVICE) for k, v in b.items()} for b in batches]
     n = sum(b["targets"].numel() for b in batches)
     _train(compiled, batches, n)

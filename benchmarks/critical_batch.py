@@ -161,12 +161,16 @@ def report(run_dir: str, branch_files: list[str], tolerance: float, out: str | N
         data = json.load(open(path))
         rows.append({"step": data["step"], "lr": data["lr"], "branch_tokens": data["tokens"],
                      "losses": {r["batch"]: r["eval_loss"] for r in data["branches"]},
-                     "critical_batch": critical_batch(data["branches"], tolerance), **b_simple_at(run_dir, data["step"])})
+                     "critical_batch": critical_batch(data["branches"], tolerance),
+                     # every batch tried kept up: the critical batch is at least the largest one (a lower bound)
+                     "at_least": critical_batch(data["branches"], tolerance) == max(r["batch"] for r in data["branches"]),
+                     **b_simple_at(run_dir, data["step"])})
     rows.sort(key=lambda r: r["step"])
     print(f"tolerance {tolerance} nats; batches and B_simple in sequences")
     print(f"{'step':>6s} {'tokens':>10s} {'critical batch':>15s} {'B_simple norms':>15s} {'B_simple whole':>15s}  losses by batch")
     for r in rows:
-        print(f"{r['step']:6d} {r['tokens']:10.3g} {r['critical_batch']:15.0f} {r['norm_layers_kernel']:15.3g} "
+        crit = (">= " if r["at_least"] else "") + f"{r['critical_batch']:.0f}"
+        print(f"{r['step']:6d} {r['tokens']:10.3g} {crit:>15s} {r['norm_layers_kernel']:15.3g} "
               f"{r['whole_model']:15.3g}  " + ", ".join(f"{b}: {l:.4f}" for b, l in sorted(r["losses"].items())))
     if out:
         with open(out, "w") as f:
@@ -187,6 +191,10 @@ def plot(rows: list[dict], tolerance: float, path: str) -> None:
     tokens = [r["tokens"] / 1e6 for r in rows]
     ax.plot(tokens, [r["critical_batch"] for r in rows], "o-", color="black",
             label=f"critical batch, direct (loss within {tolerance} nats of the smallest batch)")
+    bounds = [(t, r["critical_batch"]) for t, r in zip(tokens, rows) if r.get("at_least")]
+    if bounds:  # every batch tried kept up there: a lower bound
+        ax.plot([t for t, _ in bounds], [c for _, c in bounds], "^", color="black", markersize=12,
+                fillstyle="none", label="lower bound (the largest batch tried kept up)")
     ax.plot(tokens, [r["norm_layers_kernel"] for r in rows], "s--", label="B_simple, norm layers (hf_gns)")
     if any(r["whole_model"] == r["whole_model"] for r in rows):
         ax.plot(tokens, [r["whole_model"] for r in rows], "^--", label="B_simple, whole model (diagnostic)")

@@ -135,12 +135,88 @@ Command: {TTL_COMMAND}. All arms and plots: `model_cards/time-to-loss/`.
             print(_write(os.path.join(out, "time-to-loss", name), header, run_dir, f"../gns_seed{seed}.png"))
 
 
+ARMS_LARGE = {
+    "fixed32": "fixed global batch 32 (`steps:0:32`)",
+    "fixed128": "fixed global batch 128 (`steps:0:128`)",
+    "fixed512": "fixed global batch 512 (`steps:0:512`)",
+    "linear": "batch linear in tokens from 32 to 512 over the budget (`linear:32:512`, the paper's schedule)",
+    "gns": "GNS-driven batch, clamp(B_simple, 32, 512), only growing (`gns:min=32,max=512`)",
+}
+TTL_LARGE_SETUP = """A 10.49M-parameter Llama (hidden 256, 8 layers, 4 heads, context 512, BPE vocabulary of 4096) trained
+from scratch with the Hugging Face Trainer under `torch_compile=True` on 210M tokens (20 per parameter,
+Chinchilla-optimal; 1.8 epochs of the 116.6M training tokens of the GPU machine's site-packages Python
+source, 387.4M characters, every 50th file held out), AdamW at 2e-3 with 5% warm-up and cosine decay
+counted in tokens, micro-batches of 32 sequences, bf16, seed {seed}, the five arms sharing one H200."""
+
+
+def ttl_large_cards(runs: str, seed: int, out: str) -> None:
+    """Cards of `bash benchmarks/gpu.sh time_to_loss_large` (runs ttl_<arm>_<seed> and the report
+    ttl_frontier_<seed>.json under ``runs``), and the overview ``out/time-to-loss-large/README.md``."""
+    from hf_gns.plot import plot_runs
+
+    data = json.load(open(os.path.join(runs, f"ttl_frontier_{seed}.json")))
+    folder = os.path.join(out, "time-to-loss-large")
+    os.makedirs(folder, exist_ok=True)
+    arms = [a for a in ARMS_LARGE if a in data["arms"]]
+    plots = plot_runs([os.path.join(runs, f"ttl_{a}_{seed}") for a in arms], os.path.join(folder, f"seed{seed}.png"))
+    table = ["| arm | policy | final eval loss | steps | tokens to target | steps to target | vs fixed frontier at the same steps: tokens / final loss |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for arm in arms:
+        r = data["arms"][arm]
+        versus = ""
+        if "token_saving_vs_frontier" in r:
+            versus = f"{-r['token_saving_vs_frontier']:+.1%} / {r['final_loss_vs_frontier']:+.4f}"
+        table.append(f"| {arm} | {ARMS_LARGE[arm]} | {r['final_eval_loss']:.4f} | {r['total_steps']} | "
+                     f"{r['tokens_to_target'] / 1e6:.1f}M | {r['steps_to_target']:.0f} | {versus} |")
+        run_dir = os.path.join(runs, f"ttl_{arm}_{seed}")
+        header = FRONT_MATTER + f"""
+# ttl-large-{arm}-seed{seed}: time to loss with {ARMS_LARGE[arm]}
+
+{TTL_LARGE_SETUP.format(seed=seed)} Batch: {ARMS_LARGE[arm]}.
+
+Final validation loss {r['final_eval_loss']:.4f} after {r['total_steps']} optimizer steps; the common
+target {data['target']:.4f} (the highest final loss of the five arms) after {r['tokens_to_target'] / 1e6:.1f}M
+tokens and {r['steps_to_target']:.0f} steps. Command: `SEED={seed} CONCURRENT=1 CB_ARM=fixed128 FULL_EVERY=100
+bash benchmarks/gpu.sh time_to_loss_large`; all arms: `model_cards/time-to-loss-large/`; discussion:
+`benchmarks/RESULTS.md`.
+
+"""
+        print(_write(os.path.join(folder, f"ttl-large-{arm}-seed{seed}"), header, run_dir, None))
+    figures = " ".join(f"![]({os.path.basename(p)})" for p in plots)
+    overview = f"""# Time to loss at a Chinchilla-optimal scale: GNS-driven batch vs fixed batches and the linear schedule
+
+{TTL_LARGE_SETUP.format(seed=seed)}
+
+Seed {seed}. Target: eval loss {data['target']:.4f}, the highest final loss of all arms. "vs fixed frontier":
+the arm's tokens to the target against the fixed arms' interpolated at the same number of optimizer
+steps (log-log; negative = fewer tokens), and its final loss against the fixed arms' final losses
+interpolated at its number of steps (all arms spend the same 210M tokens; negative = lower loss).
+
+{chr(10).join(table)}
+
+![frontier](frontier_seed{seed}.png)
+
+{figures}
+
+One card per run, with its "Gradient noise scale" section as `GNSCallback` writes it:
+`ttl-large-{{{",".join(arms)}}}-seed{seed}/README.md`. Setup, commands and discussion: `benchmarks/RESULTS.md`.
+"""
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
+        f.write(overview)
+    print(os.path.join(folder, "README.md"))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs")
     ap.add_argument("--out", default="model_cards")
     ap.add_argument("--ln_large", default=None, help="label of the large LN-proxy runs in RUNS_DIR (their cards only)")
+    ap.add_argument("--ttl_large", type=int, default=None, metavar="SEED",
+                    help="cards of the Chinchilla-sized time-to-loss runs of SEED in RUNS_DIR (those only)")
     args = ap.parse_args(argv)
+    if args.ttl_large is not None:
+        ttl_large_cards(args.runs, args.ttl_large, args.out)
+        return
     if args.ln_large is not None:
         ln_large_cards(args.runs, args.out, args.ln_large)
         return

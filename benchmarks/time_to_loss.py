@@ -19,6 +19,7 @@ import json
 import math
 import os
 import site
+import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
@@ -130,6 +131,38 @@ def train_runtime(run_dir: str) -> float:
     return next((row["train_runtime"] for row in reversed(state["log_history"]) if "train_runtime" in row), math.nan)
 
 
+def _final_loss_against_frontier(rows: dict, budget_tolerance: float = 0.02) -> None:
+    """The other view of the same runs, free of where each arm's LR schedule stands at the target:
+    every arm spends the same token budget and ends its own schedule there, so its final eval loss
+    is set against the fixed arms' final losses interpolated at its number of optimizer steps (linear
+    in loss, log in steps). Negative ``final_loss_vs_frontier``: lower loss than a fixed batch reaching
+    the end in as many steps. Arms whose budget differs from the fixed arms' by more than
+    ``budget_tolerance`` get nan."""
+    fixed = [(r["total_steps"], r["final_eval_loss"], r["total_tokens"]) for n, r in rows.items() if n.startswith("fixed")]
+    if not fixed:
+        return
+    budget = statistics.median(t for _, _, t in fixed)
+    same_budget = [(s, loss) for s, loss, t in fixed if abs(t / budget - 1) <= budget_tolerance]
+    for name, r in rows.items():
+        if name.startswith("fixed"):
+            continue
+        at_steps = math.nan
+        if abs(r["total_tokens"] / budget - 1) <= budget_tolerance:
+            at_steps = _interp_log_x(r["total_steps"], [s for s, _ in same_budget], [loss for _, loss in same_budget])
+        r["frontier_final_loss_at_same_steps"] = at_steps
+        r["final_loss_vs_frontier"] = r["final_eval_loss"] - at_steps
+
+
+def _interp_log_x(x: float, xs: list[float], ys: list[float]) -> float:
+    """y at x on the piecewise-linear curve through (log xs, ys); nan outside [min xs, max xs]."""
+    pts = sorted(zip(xs, ys))
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            f = 0.0 if x1 == x0 else (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + f * (y1 - y0)
+    return math.nan
+
+
 def frontier(arms: list[tuple[str, str]], target: float | None, out: str | None, plot_path: str | None) -> dict:
     """Tokens and optimizer steps to a common target loss for every arm, and each schedule's token
     saving against the fixed-batch frontier at the same number of steps.
@@ -158,6 +191,7 @@ def frontier(arms: list[tuple[str, str]], target: float | None, out: str | None,
         at_steps = _log_interp(r["steps_to_target"], [s for s, _ in fixed], [t for _, t in fixed])
         r["frontier_tokens_at_same_steps"] = at_steps
         r["token_saving_vs_frontier"] = 1 - r["tokens_to_target"] / at_steps if at_steps == at_steps else math.nan
+    _final_loss_against_frontier(rows)
     for name, run in arms:
         rows[name]["train_runtime"] = train_runtime(run)
         if name in baselines:
@@ -169,6 +203,11 @@ def frontier(arms: list[tuple[str, str]], target: float | None, out: str | None,
         saving = r.get("token_saving_vs_frontier")
         print(f"{name:12s} {r['final_eval_loss']:10.4f} {r['tokens_to_target']:17.4g} {r['steps_to_target']:16.1f} "
               f"{'' if saving is None else f'{saving:+.1%}':>25s}")
+    for name, r in rows.items():
+        if "final_loss_vs_frontier" in r:
+            print(f"{name}: final eval loss {r['final_eval_loss']:.4f} after {r['total_steps']} steps and "
+                  f"{r['total_tokens'] / 1e6:.1f}M tokens; fixed batches at the same steps: "
+                  f"{r['frontier_final_loss_at_same_steps']:.4f} ({r['final_loss_vs_frontier']:+.4f})")
     for name, r in rows.items():
         if "cost_of_hf_gns" in r:
             print(f"{name}: training {r['train_runtime']:.1f} s with hf_gns, {r['train_runtime_without_hf_gns']:.1f} s "
@@ -183,27 +222,42 @@ def frontier(arms: list[tuple[str, str]], target: float | None, out: str | None,
 
 
 def plot_frontier(rows: dict, target: float, path: str) -> None:
-    """Tokens vs optimizer steps to the target, one point per arm, the fixed arms joined."""
+    """Left: tokens vs optimizer steps to the target, one point per arm, the fixed arms joined.
+    Right: final eval loss vs optimizer steps at the common token budget (each arm at the end of its
+    own LR schedule), the fixed arms joined."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    fig, (ax, end) = plt.subplots(1, 2, figsize=(12, 4.8))
     fixed = sorted((r["steps_to_target"], r["tokens_to_target"], n) for n, r in rows.items()
                    if n.startswith("fixed") and not math.isnan(r["steps_to_target"]))
     ax.plot([s for s, _, _ in fixed], [t / 1e6 for _, t, _ in fixed], "o-", color="gray", label="fixed batch (frontier)")
     for s, t, n in fixed:
         ax.annotate(n, (s, t / 1e6), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    finals = sorted((r["total_steps"], r["final_eval_loss"], n) for n, r in rows.items() if n.startswith("fixed"))
+    end.plot([s for s, _, _ in finals], [loss for _, loss, _ in finals], "o-", color="gray", label="fixed batch (frontier)")
+    for s, loss, n in finals:
+        end.annotate(n, (s, loss), textcoords="offset points", xytext=(5, 5), fontsize=8)
     for name, marker in (("linear", "s"), ("gns", "*")):
         for n, r in rows.items():
-            if n.startswith(name) and not math.isnan(r["steps_to_target"]):
-                ax.plot(r["steps_to_target"], r["tokens_to_target"] / 1e6, marker, markersize=11, label=n)
+            if n.startswith(name):
+                if not math.isnan(r["steps_to_target"]):
+                    ax.plot(r["steps_to_target"], r["tokens_to_target"] / 1e6, marker, markersize=11, label=n)
+                end.plot(r["total_steps"], r["final_eval_loss"], marker, markersize=11, label=n)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("optimizer steps to target (parallel time)")
     ax.set_ylabel("tokens to target, millions (compute)")
     ax.set_title(f"to eval loss {target:.3f}: lower-left is better")
+    budget = statistics.median(r["total_tokens"] for r in rows.values()) / 1e6
+    end.set_xscale("log")
+    end.set_xlabel("optimizer steps in the whole run (parallel time)")
+    end.set_ylabel("final eval loss, nats per token")
+    end.set_title(f"after {budget:.0f}M tokens each: lower-left is better")
+    end.grid(alpha=0.3, which="both")
+    end.legend(fontsize=8)
     finish_plot(fig, ax, path)
 
 

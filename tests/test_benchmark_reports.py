@@ -58,6 +58,25 @@ def test_frontier_saving_matches_a_hand_computation(tmp_path):
     assert "token_saving_vs_frontier" not in arms["fixed16"]
 
 
+def test_final_losses_at_the_common_budget_against_the_fixed_frontier(tmp_path):
+    """Every arm ends its own schedule at the same budget: its final loss is set against the fixed
+    arms' final losses interpolated (log steps) at its number of steps; an arm with another budget
+    gets nan rather than a comparison of unequal runs."""
+    budget = random.choice([2000, 4096, 10**6])
+    fixed_small = write_run(tmp_path / "s", [(10, budget / 2, 3.0), (20, budget, 2.0)])
+    fixed_large = write_run(tmp_path / "l", [(2, budget / 2, 3.1), (5, budget, 2.6)])
+    gns = write_run(tmp_path / "g", [(4, budget / 3, 2.9), (10, budget, 2.2)])
+    longer = write_run(tmp_path / "x", [(10, 1.2 * budget, 2.1)])
+    result = time_to_loss.frontier([("fixed4", fixed_large), ("fixed1", fixed_small), ("gns", gns),
+                                    ("linear", longer)], 3.0, None, None)
+    arms = result["arms"]
+    # at 10 steps, halfway in log steps between the fixed arms' 5 (2.6) and 20 (2.0): 2.3
+    assert arms["gns"]["frontier_final_loss_at_same_steps"] == pytest.approx(2.3)
+    assert arms["gns"]["final_loss_vs_frontier"] == pytest.approx(-0.1)
+    assert math.isnan(arms["linear"]["final_loss_vs_frontier"])
+    assert "final_loss_vs_frontier" not in arms["fixed1"]
+
+
 def test_frontier_cost_of_hf_gns_from_the_arm_trained_without_it(tmp_path):
     a = write_run(tmp_path / "a", [(10, 1000, 3.0), (20, 2000, 2.0)], runtime=52.5)
     b = write_run(tmp_path / "b", [(10, 4000, 2.8), (20, 8000, 2.5)], runtime=40.0)
@@ -156,9 +175,14 @@ def test_critical_batch_report_reads_b_simple_at_each_checkpoint(tmp_path):
     branch.write_text(json.dumps({"step": 12, "lr": 1e-3, "tokens": 5000, "branches": [
         {"batch": 8, "eval_loss": 2.5}, {"batch": 16, "eval_loss": 2.505}, {"batch": 32, "eval_loss": 2.6}]}))
     (row,) = critical_batch.report(run, [str(branch)], 0.01, None, None)
-    assert row["critical_batch"] == 16 and row["tokens"] == 12000
+    assert row["critical_batch"] == 16 and row["tokens"] == 12000 and not row["at_least"]
     assert row["norm_layers_kernel"] == 12.0  # the value at the checkpoint's step
     assert row["whole_model"] == 40.0 and row["norm_layers_diagnostic"] == 9.0  # the latest diagnostic before it
+    # every batch keeping up (larger batches even better per token): only a lower bound, the largest tried
+    branch.write_text(json.dumps({"step": 12, "lr": 1e-3, "tokens": 5000, "branches": [
+        {"batch": 8, "eval_loss": 2.5}, {"batch": 16, "eval_loss": 2.45}, {"batch": 32, "eval_loss": 2.44}]}))
+    (row,) = critical_batch.report(run, [str(branch)], 0.01, None, str(tmp_path / "cb.png"))
+    assert row["critical_batch"] == 32 and row["at_least"] and os.path.getsize(tmp_path / "cb.png") > 0
 
 
 def test_trainer_benchmark_pairs_each_round_with_its_own_baseline():

@@ -326,6 +326,7 @@ def test_a_model_moved_after_patching_compiles_in_one_graph():
     (counter,) = hf_gns.patch.pass_counters(model)
     counter.totals = None  # not on the parameters' device, as after patching on the CPU
     model.to(DEVICE)
+    ref.to(DEVICE)
     assert counter.totals is not None and counter.totals.device == next(model.parameters()).device
     backend, graphs = _count_graphs()
     compiled = torch.compile(model, backend=backend, fullgraph=True)

@@ -5,7 +5,8 @@
 #      fixed128 keeps its checkpoints every 400 steps and measures the whole model every 100 steps);
 #   2. the critical batch, branched from fixed128's checkpoints at steps 400, 1200 and 2400;
 #   3. the GPU check of the .to() fix (tests/test_compile.py on CUDA);
-#   4. the interleaved compiled step, GPT-2 at micro-batch 2, then Llama 360M at micro-batch 8.
+#   4. the interleaved compiled step, GPT-2 at micro-batch 2, then Llama 360M at micro-batch 8;
+#   5. the interleaved eager step of Llama 360M at micro-batch 8.
 # Everything under /tmp/NAME goes back as one archive (the device returns at most 8 files).
 CALL=${1:?name}
 export PYTHONUNBUFFERED=1
@@ -44,5 +45,9 @@ fi
 if done_ ttl && ! done_ il_llama && [ $(left) -gt 120 ]; then
   ( OUT=$W/il_llama timeout $(( $(left) - 8 )) bash benchmarks/gpu.sh interleaved --model llama360m --micro_batch 8 --pairs 24 --warmup 3 > $W/il_llama.log 2>&1 )
   touch /tmp/done_il_llama; stamp il_llama; pack
+fi
+if done_ ttl && ! done_ il_llama_eager && [ $(left) -gt 100 ]; then
+  ( OUT=$W/il_llama_eager timeout $(( $(left) - 8 )) bash benchmarks/gpu.sh interleaved --model llama360m --micro_batch 8 --pairs 20 --warmup 2 --eager > $W/il_llama_eager.log 2>&1 )
+  touch /tmp/done_il_llama_eager; stamp il_llama_eager; pack
 fi
 stamp end; pack

@@ -6,7 +6,8 @@
         [--json out.json] [--plot out.png]
 
 `branch` continues a Trainer checkpoint of `examples/train_lm.py` (its weights and AdamW state, at the
-learning rate the run had there, held constant, or ``--lr``, and the run's gradient clipping) once per batch size, each branch on the same tokens in
+learning rate the run had there, held constant, or ``--lr``, scaled per batch with ``--lr_scaling sqrt``,
+and the run's gradient clipping) once per batch size, each branch on the same tokens in
 the same order (a fixed permutation of the training blocks) and the same token budget, and evaluates
 each on the same validation blocks. `report` takes, per checkpoint, the critical batch as the largest
 batch whose loss after the budget is within ``--tolerance`` nats of the smallest batch's (more
@@ -36,6 +37,20 @@ def _positive_batches(text: str, micro_batch: int) -> list[int]:
     if not batches or bad:
         raise SystemExit(f"--batches={text!r}: expected multiples of --micro_batch={micro_batch}")
     return batches
+
+
+LR_SCALINGS = ("constant", "sqrt")
+
+
+def scaled_lr(lr: float, batch: int, reference: int, scaling: str) -> float:
+    """A branch's LR: the run's ``lr`` (``constant``), or ``lr * sqrt(batch / reference)`` (``sqrt``:
+    the square-root rule for Adam, which keeps the noise of the updates the same at every batch;
+    Malladi et al., 2022), ``reference`` being the batch the run trained at."""
+    if scaling == "constant":
+        return lr
+    if scaling == "sqrt":
+        return lr * math.sqrt(batch / reference)
+    raise ValueError(f"lr_scaling={scaling!r}: expected one of {LR_SCALINGS}")
 
 
 def branch(args: argparse.Namespace) -> list[dict]:
@@ -90,7 +105,9 @@ def branch(args: argparse.Namespace) -> list[dict]:
         weights = {k: v.to(device) for k, v in AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).state_dict().items()}
         optimizer_state = torch.load(os.path.join(ckpt, "optimizer.pt"), map_location=device, weights_only=False)
         clip = float(base_args.max_grad_norm or 0.0)  # the run's clipping (the Trainer clips before its step)
+        reference = args.lr_reference_batch or base_args.per_device_train_batch_size * base_args.gradient_accumulation_steps
         result = {"checkpoint": ckpt, "step": real_step, "lr": lr, "max_grad_norm": clip,
+                  "lr_scaling": args.lr_scaling, "lr_reference_batch": reference,
                   "tokens": budget_blocks * args.block_size, "block_size": args.block_size,
                   "micro_batch": args.micro_batch, "branches": []}
         start_loss = None
@@ -99,8 +116,9 @@ def branch(args: argparse.Namespace) -> list[dict]:
             model.load_state_dict(weights)
             optimizer = Trainer(model=model, args=base_args).create_optimizer()  # the run's parameter groups
             optimizer.load_state_dict(optimizer_state)
+            branch_lr = scaled_lr(lr, batch, reference, args.lr_scaling)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = branch_lr
             if start_loss is None:
                 start_loss = evaluate()
             accum, steps = batch // args.micro_batch, budget_blocks // batch
@@ -116,7 +134,7 @@ def branch(args: argparse.Namespace) -> list[dict]:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            row = {"batch": batch, "steps": steps, "tokens": steps * batch * args.block_size,
+            row = {"batch": batch, "lr": branch_lr, "steps": steps, "tokens": steps * batch * args.block_size,
                    "seconds": time.time() - begin, "start_eval_loss": start_loss, "eval_loss": evaluate()}
             print(json.dumps({"step": real_step, **row}), flush=True)
             result["branches"].append(row)
@@ -159,14 +177,16 @@ def report(run_dir: str, branch_files: list[str], tolerance: float, out: str | N
     rows = []
     for path in branch_files:
         data = json.load(open(path))
-        rows.append({"step": data["step"], "lr": data["lr"], "branch_tokens": data["tokens"],
+        rows.append({"step": data["step"], "lr": data["lr"], "lr_scaling": data.get("lr_scaling", "constant"),
+                     "branch_tokens": data["tokens"],
                      "losses": {r["batch"]: r["eval_loss"] for r in data["branches"]},
                      "critical_batch": critical_batch(data["branches"], tolerance),
                      # every batch tried kept up: the critical batch is at least the largest one (a lower bound)
                      "at_least": critical_batch(data["branches"], tolerance) == max(r["batch"] for r in data["branches"]),
                      **b_simple_at(run_dir, data["step"])})
     rows.sort(key=lambda r: r["step"])
-    print(f"tolerance {tolerance} nats; batches and B_simple in sequences")
+    scalings = sorted({r["lr_scaling"] for r in rows})
+    print(f"tolerance {tolerance} nats; batches and B_simple in sequences; branch LR: {', '.join(scalings)}")
     print(f"{'step':>6s} {'tokens':>10s} {'critical batch':>15s} {'B_simple norms':>15s} {'B_simple whole':>15s}  losses by batch")
     for r in rows:
         crit = (">= " if r["at_least"] else "") + f"{r['critical_batch']:.0f}"
@@ -220,6 +240,10 @@ def main(argv=None) -> None:
     b.add_argument("--data_seed", type=int, default=1234)
     b.add_argument("--preprocessing_num_workers", type=int, default=None)
     b.add_argument("--lr", type=float, default=None, help="constant LR of the branches (default: the run's LR there)")
+    b.add_argument("--lr_scaling", default="constant", choices=LR_SCALINGS,
+                   help="the LR of a branch at batch B: the same for all (constant), or times sqrt(B / reference batch)")
+    b.add_argument("--lr_reference_batch", type=int, default=None,
+                   help="the batch the LR belongs to (default: the run's per-device batch x accumulation steps)")
     b.add_argument("--bf16", action="store_true")
     b.add_argument("--compile", action="store_true")
     b.add_argument("--out", required=True, help="folder for branch_STEP.json, one per checkpoint")
@@ -237,6 +261,8 @@ def main(argv=None) -> None:
         if not args.tokens > 0:
             ap.error(f"--tokens={args.tokens}: expected a positive token budget")
         _positive_batches(args.batches, args.micro_batch)
+        if args.lr_reference_batch is not None and args.lr_reference_batch < 1:
+            ap.error(f"--lr_reference_batch={args.lr_reference_batch}: expected a positive batch (sequences)")
         branch(args)
     else:
         if not args.tolerance >= 0:

@@ -216,7 +216,8 @@ case "$job" in
   critical_batch)
     # one time_to_loss_large arm (ARM, default fixed128; SEED) trained again with checkpoints every
     # SAVE_STEPS steps and the whole model measured every 25 steps, then branches from the checkpoints
-    # at CKPTS (steps) at each batch of BATCHES with BRANCH_TOKENS tokens each, at the run's LR there.
+    # at CKPTS (steps) at each batch of BATCHES with BRANCH_TOKENS tokens each, at the run's LR there
+    # (LR_SCALING=sqrt: times sqrt(batch / the run's batch)).
     # The run may be cut by RUN_TIMEOUT once the last of CKPTS is saved (each save writes its history).
     # RUN=<dir> branches from a run made before (time_to_loss_large with CB_ARM=<arm>) instead.
     ttl_large_setup
@@ -230,7 +231,7 @@ case "$job" in
     for ckpt in ${CKPTS:-200 600 1000}; do ckpts+=("$run/checkpoint-$ckpt"); done
     python benchmarks/critical_batch.py branch "${ckpts[@]}" --dataset_name /tmp/ttl_corpus \
       --tokenizer_name /tmp/ttl_corpus/tokenizer --cache_dir /tmp/cache_ttl --block_size "$block" --micro_batch "$mb" \
-      --batches "${BATCHES:-32,64,128,256,512}" --tokens "${BRANCH_TOKENS:-10000000}" --bf16 --compile --preprocessing_num_workers "${WORKERS:-16}" \
+      --batches "${BATCHES:-32,64,128,256,512}" --tokens "${BRANCH_TOKENS:-10000000}" --lr_scaling "${LR_SCALING:-constant}" --bf16 --compile --preprocessing_num_workers "${WORKERS:-16}" \
       --out "$OUT/cb_branches" 2>&1 | grep -E '^\{|Error|error' | tee -a "$OUT/cb.log"
     python benchmarks/critical_batch.py report "$run" "$OUT"/cb_branches/branch_*.json --json "$OUT/cb_report.json" --plot "$OUT/cb.png" | tee -a "$OUT/cb.log"
     tgz cb_runs.tgz "$(basename "$run")"

@@ -9,7 +9,8 @@
 #      model every FULL_EVERY (100) steps;
 #   2. tests/test_compile.py on CUDA (the compiled Trainer and the moved-after-patching tests);
 #   3. the critical batch from fixed128's checkpoints at CKPTS (400 1200 2400), batches CB_BATCHES
-#      (64,...,2048), CB_TOKENS (24M: 23 steps at 2048) tokens per branch (about 480 s: a call of its own);
+#      (64,...,2048), CB_TOKENS (24M: 23 steps at 2048) tokens per branch, the LR scaled by the square-root
+#      rule (LR_SCALING=sqrt; session 12 held it constant up to 512) (about 480 s: a call of its own);
 #   4. the interleaved step: Llama 360M at micro-batch 8 compiled, then eager.
 # Each item runs only when the time left can hold it; finished items are marked in /tmp/done_*.
 CALL=${1:?usage: bash benchmarks/gpu_queue.sh NAME}
@@ -38,7 +39,7 @@ if done_ ttl && ! done_ test && [ "$(left)" -gt 150 ]; then
 fi
 if done_ ttl && ! done_ cb && [ "$(left)" -gt 500 ]; then
   ( OUT=$W/cb SEED=$SEED ARM=fixed128 RUN=/tmp/runs/ttl_fixed128_$SEED CKPTS="${CKPTS:-400 1200 2400}" \
-    BATCHES=${CB_BATCHES:-64,128,256,512,1024,2048} BRANCH_TOKENS=${CB_TOKENS:-24000000} \
+    BATCHES=${CB_BATCHES:-64,128,256,512,1024,2048} BRANCH_TOKENS=${CB_TOKENS:-24000000} LR_SCALING=${LR_SCALING:-sqrt} \
     timeout $(( $(left) - 10 )) bash benchmarks/gpu.sh critical_batch > "$W/cb.log" 2>&1 )
   [ -f "$W/cb/cb_report.json" ] && touch /tmp/done_cb; stamp cb; pack
 fi

@@ -248,9 +248,21 @@ def test_critical_batch_branches_a_real_checkpoint_end_to_end(tmp_path):
     assert [(b["batch"], b["steps"], b["tokens"]) for b in result["branches"]] == [(4, 8, 1024), (8, 4, 1024)]
     assert all(math.isfinite(b["eval_loss"]) and b["start_eval_loss"] == result["branches"][0]["start_eval_loss"]
                for b in result["branches"])
+    assert result["lr_scaling"] == "constant" and all(b["lr"] == result["lr"] for b in result["branches"])
     (row,) = critical_batch.report(str(run), [str(out / "branch_3.json")], 10.0, None, None)
     assert row["critical_batch"] == 8  # a tolerance of 10 nats: every batch keeps up
     assert row["norm_layers_kernel"] > 0 and row["whole_model"] > 0 and row["tokens"] == 3 * 8 * 32
+    # the square-root rule: the run trained at 4 x 2 = 8 sequences, so batch 4 gets lr / sqrt(2)
+    scaled = tmp_path / "scaled"
+    critical_batch.main(["branch", str(run / "checkpoint-3"), *common, "--block_size", "32", "--micro_batch", "4",
+                         "--batches", "4,8", "--tokens", "1024", "--eval_blocks", "8", "--out", str(scaled),
+                         "--lr_scaling", "sqrt"])
+    result = json.load(open(scaled / "branch_3.json"))
+    assert result["lr_scaling"] == "sqrt" and result["lr_reference_batch"] == 8
+    lrs = {b["batch"]: b["lr"] for b in result["branches"]}
+    assert lrs[8] == pytest.approx(result["lr"]) and lrs[4] == pytest.approx(result["lr"] / math.sqrt(2))
+    with pytest.raises(SystemExit):
+        critical_batch.main(["branch", str(run / "checkpoint-3"), *common, "--out", str(scaled), "--lr_scaling", "linear"])
 
 
 def test_train_lm_resumes_a_cut_run_from_its_newest_checkpoint(tmp_path, capsys):

@@ -177,12 +177,13 @@ def report(run_dir: str, branch_files: list[str], tolerance: float, out: str | N
     rows = []
     for path in branch_files:
         data = json.load(open(path))
+        critical = critical_batch(data["branches"], tolerance)
         rows.append({"step": data["step"], "lr": data["lr"], "lr_scaling": data.get("lr_scaling", "constant"),
                      "branch_tokens": data["tokens"],
                      "losses": {r["batch"]: r["eval_loss"] for r in data["branches"]},
-                     "critical_batch": critical_batch(data["branches"], tolerance),
+                     "critical_batch": critical,
                      # every batch tried kept up: the critical batch is at least the largest one (a lower bound)
-                     "at_least": critical_batch(data["branches"], tolerance) == max(r["batch"] for r in data["branches"]),
+                     "at_least": critical == max(r["batch"] for r in data["branches"]),
                      **b_simple_at(run_dir, data["step"])})
     rows.sort(key=lambda r: r["step"])
     scalings = sorted({r["lr_scaling"] for r in rows})

@@ -115,14 +115,7 @@ def report(ref: str, runs: list[str], out: str | None) -> None:
 
 def _log_interp(x: float, xs: list[float], ys: list[float]) -> float:
     """y at x on the piecewise-linear curve through (log xs, log ys); nan outside [min xs, max xs]."""
-    pts = sorted(zip(xs, ys))
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x0 <= x <= x1:
-            if x1 == x0:
-                return min(y0, y1)
-            f = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
-            return math.exp(math.log(y0) + f * (math.log(y1) - math.log(y0)))
-    return math.nan
+    return math.exp(_interp_log_x(x, xs, [math.log(y) for y in ys]))
 
 
 def train_runtime(run_dir: str) -> float:
@@ -154,7 +147,8 @@ def _final_loss_against_frontier(rows: dict, budget_tolerance: float = 0.02) -> 
 
 
 def _interp_log_x(x: float, xs: list[float], ys: list[float]) -> float:
-    """y at x on the piecewise-linear curve through (log xs, ys); nan outside [min xs, max xs]."""
+    """y at x on the piecewise-linear curve through (log xs, ys); nan outside [min xs, max xs] (at
+    equal xs, the lower y)."""
     pts = sorted(zip(xs, ys))
     for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
         if x0 <= x <= x1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import re
 
@@ -146,12 +147,14 @@ TTL_LARGE_SETUP = """A 10.49M-parameter Llama (hidden 256, 8 layers, 4 heads, co
 from scratch with the Hugging Face Trainer under `torch_compile=True` on 210M tokens (20 per parameter,
 Chinchilla-optimal; 1.8 epochs of the 116.6M training tokens of the GPU machine's site-packages Python
 source, 387.4M characters, every 50th file held out), AdamW at 2e-3 with 5% warm-up and cosine decay
-counted in tokens, micro-batches of 32 sequences, bf16, seed {seed}, the five arms sharing one H200."""
+counted in tokens, micro-batches of 32 sequences, bf16, seed {seed}, all arms of a seed sharing one H200."""
 
 
-def ttl_large_cards(runs: str, seed: int, out: str) -> None:
+def ttl_large_cards(runs: str, seed: int, out: str, full_every: int = 100) -> None:
     """Cards of `bash benchmarks/gpu.sh time_to_loss_large` (runs ttl_<arm>_<seed> and the report
-    ttl_frontier_<seed>.json under ``runs``), and the overview ``out/time-to-loss-large/README.md``."""
+    ttl_frontier_<seed>.json under ``runs``), this seed's section ``seed<seed>.md`` and the overview
+    ``out/time-to-loss-large/README.md`` made of every seed's section. ``full_every``: the FULL_EVERY
+    the run was made with (the whole-model measurements of fixed128)."""
     from hf_gns.plot import plot_runs
 
     data = json.load(open(os.path.join(runs, f"ttl_frontier_{seed}.json")))
@@ -176,21 +179,19 @@ def ttl_large_cards(runs: str, seed: int, out: str) -> None:
 
 Final validation loss {r['final_eval_loss']:.4f} after {r['total_steps']} optimizer steps; the common
 target {data['target']:.4f} (the highest final loss of the five arms) after {r['tokens_to_target'] / 1e6:.1f}M
-tokens and {r['steps_to_target']:.0f} steps. Command: `SEED={seed} CONCURRENT=1 CB_ARM=fixed128 FULL_EVERY=100
+tokens and {r['steps_to_target']:.0f} steps. Command: `SEED={seed} CONCURRENT=1 CB_ARM=fixed128 FULL_EVERY={full_every}
 bash benchmarks/gpu.sh time_to_loss_large`; all arms: `model_cards/time-to-loss-large/`; discussion:
 `benchmarks/RESULTS.md`.
 
 """
         print(_write(os.path.join(folder, f"ttl-large-{arm}-seed{seed}"), header, run_dir, None))
     figures = " ".join(f"![]({os.path.basename(p)})" for p in plots)
-    overview = f"""# Time to loss at a Chinchilla-optimal scale: GNS-driven batch vs fixed batches and the linear schedule
+    section = f"""## Seed {seed}
 
-{TTL_LARGE_SETUP.format(seed=seed)}
-
-Seed {seed}. Target: eval loss {data['target']:.4f}, the highest final loss of all arms. "vs fixed frontier":
-the arm's tokens to the target against the fixed arms' interpolated at the same number of optimizer
-steps (log-log; negative = fewer tokens), and its final loss against the fixed arms' final losses
-interpolated at its number of steps (all arms spend the same 210M tokens; negative = lower loss).
+Target: eval loss {data['target']:.4f}, the highest final loss of all arms. "vs fixed frontier": the
+arm's tokens to the target against the fixed arms' interpolated at the same number of optimizer steps
+(log-log; negative = fewer tokens), and its final loss against the fixed arms' final losses interpolated
+at its number of steps (all arms spend the same 210M tokens; negative = lower loss).
 
 {chr(10).join(table)}
 
@@ -199,8 +200,19 @@ interpolated at its number of steps (all arms spend the same 210M tokens; negati
 {figures}
 
 One card per run, with its "Gradient noise scale" section as `GNSCallback` writes it:
-`ttl-large-{{{",".join(arms)}}}-seed{seed}/README.md`. Setup, commands and discussion: `benchmarks/RESULTS.md`.
+`ttl-large-{{{",".join(arms)}}}-seed{seed}/README.md`.
 """
+    with open(os.path.join(folder, f"seed{seed}.md"), "w", encoding="utf-8") as f:
+        f.write(section)
+    sections = sorted((name for name in os.listdir(folder) if name.startswith("seed") and name.endswith(".md")),
+                      key=lambda name: int(name[4:-3]) if name[4:-3].isdigit() else math.inf)
+    overview = f"""# Time to loss at a Chinchilla-optimal scale: GNS-driven batch vs fixed batches and the linear schedule
+
+{TTL_LARGE_SETUP.format(seed=", ".join(name[4:-3] for name in sections))}
+
+Setup, commands and discussion: `benchmarks/RESULTS.md`.
+
+""" + "\n".join(open(os.path.join(folder, name), encoding="utf-8").read() for name in sections)
     with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
         f.write(overview)
     print(os.path.join(folder, "README.md"))
@@ -213,9 +225,11 @@ def main(argv=None) -> None:
     ap.add_argument("--ln_large", default=None, help="label of the large LN-proxy runs in RUNS_DIR (their cards only)")
     ap.add_argument("--ttl_large", type=int, default=None, metavar="SEED",
                     help="cards of the Chinchilla-sized time-to-loss runs of SEED in RUNS_DIR (those only)")
+    ap.add_argument("--full_every", type=int, default=100,
+                    help="with --ttl_large: the FULL_EVERY those runs were made with (named in their cards)")
     args = ap.parse_args(argv)
     if args.ttl_large is not None:
-        ttl_large_cards(args.runs, args.ttl_large, args.out)
+        ttl_large_cards(args.runs, args.ttl_large, args.out, args.full_every)
         return
     if args.ln_large is not None:
         ln_large_cards(args.runs, args.out, args.ln_large)

@@ -3,6 +3,7 @@
     python benchmarks/time_to_loss.py prepare OUT_DIR [--max_chars N]   # corpus + tokenizer
     python benchmarks/time_to_loss.py report REF_RUN RUN [RUN ...] [--json out.json]
     python benchmarks/time_to_loss.py frontier ARM=RUN [ARM=RUN ...] [--target LOSS] [--json J] [--plot P]
+    python benchmarks/time_to_loss.py pace WITH.progress WITHOUT.progress [...]  # cost of hf_gns, same window
 
 `prepare` writes a larger offline corpus than the example's default (every ``.py`` file under
 the installed site-packages, sorted; every 50th file held out for validation) and trains the
@@ -255,6 +256,62 @@ def plot_frontier(rows: dict, target: float, path: str) -> None:
     finish_plot(fig, ax, path)
 
 
+def progress_marks(path: str) -> dict[int, float]:
+    """Step -> seconds since the run's start, from a ``.progress`` file of ``benchmarks/gpu.sh``
+    (lines ``"113s step 50: loss ..."``)."""
+    marks = {}
+    with open(path) as f:
+        for line in f:
+            head, _, _ = line.partition(":")
+            parts = head.split()
+            if len(parts) == 3 and parts[0].endswith("s") and parts[1] == "step":
+                marks[int(parts[2])] = float(parts[0][:-1])
+    return marks
+
+
+def pace(pairs: list[tuple[str, str]]) -> dict:
+    """The cost of hf_gns over whole runs: for each pair of ``.progress`` files of two arms that ran
+    side by side (the same arm with and without hf_gns, started together, sharing the machine), the
+    seconds each spent between the same two step marks: the first mark they share after their
+    first one (which holds compilation and set-up) and the last one they share. Summed over
+    the pairs (one per call of a run resumed across calls): seconds with / without. Since arms that
+    share a machine slow each other down at different steps, also the ratio of the medians of the
+    seconds per step between consecutive marks (after the first mark), over all pairs."""
+    rows, with_total, without_total = [], 0.0, 0.0
+    per_step: dict[str, list[float]] = {"with": [], "without": []}
+    for with_path, without_path in pairs:
+        a, b = progress_marks(with_path), progress_marks(without_path)
+        for side, marks in (("with", a), ("without", b)):
+            steps = sorted(marks)
+            per_step[side] += [(marks[s1] - marks[s0]) / (s1 - s0) for s0, s1 in zip(steps, steps[1:])]
+        shared = sorted(set(a) & set(b) - {min(a, default=None), min(b, default=None)})
+        if len(shared) < 2:
+            rows.append({"with": with_path, "without": without_path, "steps": 0})
+            continue
+        first, last = shared[0], shared[-1]
+        seconds_with, seconds_without = a[last] - a[first], b[last] - b[first]
+        with_total += seconds_with
+        without_total += seconds_without
+        rows.append({"with": with_path, "without": without_path, "from_step": first, "to_step": last,
+                     "steps": last - first, "seconds_with": seconds_with, "seconds_without": seconds_without,
+                     "startup_with": a[min(a)], "startup_without": b[min(b)], "first_mark": [min(a), min(b)]})
+    ratio = with_total / without_total if without_total > 0 else math.nan
+    medians = {side: statistics.median(v) if v else math.nan for side, v in per_step.items()}
+    median_ratio = medians["with"] / medians["without"] if medians["without"] > 0 else math.nan
+    for r in rows:
+        if r["steps"]:
+            print(f"steps {r['from_step']}-{r['to_step']}: {r['seconds_with']:.0f} s with hf_gns, "
+                  f"{r['seconds_without']:.0f} s without; first marks (steps {r['first_mark'][0]}/{r['first_mark'][1]}) "
+                  f"at {r['startup_with']:.0f} / {r['startup_without']:.0f} s")
+        else:
+            print(f"{r['with']} / {r['without']}: fewer than two shared step marks")
+    print(f"hf_gns / without over the shared windows: {ratio:.3f}; median seconds per step between marks "
+          f"{medians['with']:.4f} / {medians['without']:.4f} = {median_ratio:.3f} "
+          f"({len(per_step['with'])} / {len(per_step['without'])} intervals)")
+    return {"pairs": rows, "seconds_with": with_total, "seconds_without": without_total, "ratio": ratio,
+            "median_seconds_per_step": medians, "median_ratio": median_ratio}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -272,8 +329,18 @@ def main(argv=None) -> None:
     f.add_argument("--target", type=float, default=None, help="eval loss (default: the highest final loss of all arms)")
     f.add_argument("--json", default=None)
     f.add_argument("--plot", default=None)
+    c = sub.add_parser("pace", help="the cost of hf_gns from two arms run side by side")
+    c.add_argument("progress", nargs="+", help="WITH.progress WITHOUT.progress, one pair per call")
+    c.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if args.cmd == "prepare":
+    if args.cmd == "pace":
+        if len(args.progress) % 2:
+            ap.error(f"progress: {len(args.progress)} files given; expected pairs WITH WITHOUT")
+        result = pace(list(zip(args.progress[::2], args.progress[1::2])))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+    elif args.cmd == "prepare":
         prepare(args.out_dir, args.max_chars, args.tokenizer_chars)
     elif args.cmd == "report":
         report(args.ref, args.runs, args.json)

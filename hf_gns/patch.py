@@ -697,7 +697,7 @@ def patched_parts(model: nn.Module, names_in: nn.Module | None = None
     the norms named as in ``names_in``, a module inside ``model`` (the model a wrapper holds)."""
     norms, counters = [], {}
     prefix = None if names_in is not None and names_in is not model else ""
-    for name, module in model.named_modules():
+    for name, module in _named_modules(model):
         if prefix is None and module is names_in:
             prefix = name + "."
         found = module.__dict__
@@ -706,6 +706,24 @@ def patched_parts(model: nn.Module, names_in: nn.Module | None = None
         if _ROOT_STATE in found:
             counters.setdefault(id(found[_ROOT_STATE]), found[_ROOT_STATE])
     return norms, list(counters.values())
+
+
+def _named_modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
+    """``model.named_modules()``, same names and order (pre-order, each module once), without its
+    recursive generators: it runs on every optimizer step."""
+    seen: set[int] = set()
+    stack = [("", model)]
+    while stack:
+        name, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield name, module
+        children = module._modules
+        if children:
+            prefix = name + "." if name else ""
+            stack.extend((prefix + child_name, child) for child_name, child in reversed(children.items())
+                         if child is not None)
 
 
 def patched_module_names(model: nn.Module) -> list[str]:

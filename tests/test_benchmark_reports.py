@@ -348,3 +348,34 @@ def test_the_benchmarks_report_the_graph_breaks_of_their_runs():
     assert any("graph_break" in reason for reason in counts["graph_break_reasons"])
     bench_trainer.clear_dynamo_counts()
     assert bench_trainer.dynamo_counts()["graph_breaks"] == 0
+
+
+def _write_progress(path, start: float, seconds_per_step: float, steps: range, every: int = 50) -> str:
+    """A ``.progress`` file: a mark every ``every`` steps, the first one after ``start`` seconds."""
+    with open(path, "w") as f:
+        for step in steps:
+            if step % every == 0:
+                t = start + (step - steps.start) * seconds_per_step
+                f.write(f"{round(t)}s step {step}: loss 2.5, gns/b_simple 10\n")
+    return str(path)
+
+
+def test_pace_compares_the_same_step_window_of_two_arms_run_side_by_side(tmp_path):
+    rng = random.Random()
+    slow, fast = rng.uniform(0.5, 2.0), rng.uniform(0.5, 2.0)
+    # call 1: both from step 50, the arm with hf_gns stopped earlier; call 2: resumed from other steps
+    pairs = [(_write_progress(tmp_path / "a1", 113, slow, range(50, 651)),
+              _write_progress(tmp_path / "b1", 82, fast, range(50, 801))),
+             (_write_progress(tmp_path / "a2", 40, slow, range(600, 1001)),
+              _write_progress(tmp_path / "b2", 35, fast, range(750, 1001)))]
+    result = time_to_loss.pace(pairs)
+    first, second = result["pairs"]
+    assert (first["from_step"], first["to_step"]) == (100, 650)  # the first marks (compilation) left out
+    assert (second["from_step"], second["to_step"]) == (800, 1000)
+    # marks are rounded to whole seconds, as gpu.sh writes them
+    assert first["seconds_with"] == pytest.approx(550 * slow, abs=1) and first["seconds_without"] == pytest.approx(550 * fast, abs=1)
+    assert result["ratio"] == pytest.approx(slow / fast, rel=0.01)
+    assert result["median_ratio"] == pytest.approx(slow / fast, rel=0.03)
+    lone = time_to_loss.pace([(_write_progress(tmp_path / "c", 10, 1.0, range(0, 101)),
+                               _write_progress(tmp_path / "d", 10, 1.0, range(200, 301)))])
+    assert lone["pairs"][0]["steps"] == 0 and math.isnan(lone["ratio"])

@@ -959,3 +959,23 @@ def test_a_copied_or_loaded_model_has_norm_keys_of_its_own():
         assert all(registry[state.key] is state for state in twin_states)
         hf_gns.set_recording(twin, False)
         assert all(registry[key].enabled for key in keys)
+
+
+def test_module_walk_matches_named_modules():
+    """The per-step walk of the module tree names and orders modules as ``named_modules`` does:
+    a module reachable twice (tied, or held by two parents) once, under its first name; ``None``
+    children skipped."""
+    generator = torch.Generator().manual_seed(torch.seed())
+    shared = nn.LayerNorm(int(torch.randint(3, 40, (1,), generator=generator)))
+    blocks = []
+    for _ in range(int(torch.randint(2, 6, (1,), generator=generator))):
+        block = nn.Module()
+        block.norm = shared if torch.rand((), generator=generator) < 0.5 else nn.LayerNorm(5)
+        block.empty = None
+        block.inner = nn.Sequential(nn.Linear(3, 3), nn.Identity(), shared)
+        blocks.append(block)
+    model = nn.Sequential(*blocks, shared)
+    model.again = blocks[0]  # the same block under a second name
+    expected = [(name, id(module)) for name, module in model.named_modules()]
+    walked = [(name, id(module)) for name, module in hf_gns.patch._named_modules(model)]
+    assert walked == expected

@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .slots import TapBank
+
 
 @dataclass(frozen=True)
 class ExampleSpec:
@@ -141,6 +143,7 @@ class PassCounter:
         self.holder_calls = 0
         self.serial = 0  # forward passes started (eager bookkeeping of calls per pass)
         self.paused = False
+        self.bank = TapBank()  # every norm's tap gradient, in one flat leaf per device
 
     def __getstate__(self) -> dict:
         """Copies and pickles carry no tensors of a pass in flight (they are not leaves)."""

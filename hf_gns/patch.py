@@ -53,6 +53,7 @@ class NormView:
     has_bias: bool
     fold_dim: int | None  # D, when a compiled graph may fold this norm's statistics in the Triton backward
     interpreted: bool  # Triton kernels under TRITON_INTERPRET=1 (CPU tests)
+    tap_region: tuple[int, int] | None = None  # (root, offset) of this norm's tap in its pass counter's `TapBank`
 
 
 # every live PatchedNorm by its key: a compiled graph hands `_view_of` the norm's `view_key`, a string
@@ -168,9 +169,17 @@ class PatchedNorm:
         weight = params.get("weight")
         foldable = (self.graph_fold and formula is not None and weight is not None and weight.dim() == 1
                     and weight.shape[0] <= _GRAPH_OP.MAX_D)
+        region = None
+        if layout is not None:
+            bank = self.counter.bank
+            region = bank.regions.get(self.qualname)
+            if region is None or bank.taps.get(self.qualname) is not self.tap:
+                # a copy or a loaded model (its regions came with it: no root grows while a graph is traced)
+                region = bank.attach(self.qualname, self.tap, self.reserved_width())
+            region = region[:2]
         return NormView(layout, device, self.unmeasurable is None, self.shared_in_pass,
                         formula is not None and formula.has_bias, weight.shape[0] if foldable else None,
-                        self.kernel == "triton" and os.environ.get("TRITON_INTERPRET") == "1")
+                        self.kernel == "triton" and os.environ.get("TRITON_INTERPRET") == "1", region)
 
     @property
     def original_forward(self) -> Callable:
@@ -217,6 +226,7 @@ class PatchedNorm:
             self.tap, self.tap_layout = None, None
         elif self.tap is None or self.tap_layout != layout or self.tap.device != device:
             self.tap, self.tap_layout = new_tap(layout, device), layout
+            self.counter.bank.attach(self.qualname, self.tap, self.reserved_width())
         else:  # an equal layout: the tap stays, and `_tap_for`'s identity check holds from now on
             self.tap_layout = layout
 
@@ -227,6 +237,16 @@ class PatchedNorm:
             self._ensure_tap(layout, device)
         return self.tap
 
+    def reserved_width(self) -> int:
+        """The tap width of all the module's parameters: its region in the bank fits every layout."""
+        params = self.module_ref._parameters
+        return 1 + 2 * sum(params[n].numel() for n in self.plan.param_names)
+
+    def _bank_tap(self, layout: TapLayout) -> torch.Tensor:
+        """In a compiled graph: this norm's region of its counter's bank (made for this layout by `view`)."""
+        index, offset = _view_of(self.view_key).tap_region
+        return self.counter.bank.roots[index].narrow(0, offset, layout.width)
+
     def _slots(self, x: torch.Tensor, spec: ExampleSpec, layout: TapLayout, split: bool = False):
         """This pass's per-example slots of the module (shared by all its calls in the pass): one
         tensor, or one per parameter (``split``, see `ExampleSlots`)."""
@@ -234,7 +254,7 @@ class PatchedNorm:
         rows = spec.count
         if slots is None:
             if torch.compiler.is_compiling():
-                tap = self.tap  # made for this layout by `view`, when the graph was traced
+                tap = self._bank_tap(layout)
             else:
                 tap = self._tap_for(layout, self.module_ref._parameters[layout.names[0]].device)
             count = self.counter.packed.count if spec.packed else rows
@@ -314,7 +334,7 @@ class PatchedNorm:
         params = self.module_ref._parameters
         weight = params["weight"]
         bias = params.get("bias") if view.has_bias else None
-        tap = self.tap  # made for this layout by `view`, when the graph was traced
+        tap = self._bank_tap(view.layout)
         self.counter.slots[self] = _FOLDED
         cfg = _kernel_config_of(self.view_key, x.dtype, native_output_dtype(x), weight.dtype)
         plan = graph_op.fold_plan(cfg, x.numel() // x.shape[-1], spec.count, view.layout)
@@ -418,6 +438,7 @@ class PatchedNorm:
             module.__dict__[self.forward_attr] = self.saved_forward
         module.__dict__.pop("_apply", None)
         module.__dict__.pop("extra_repr", None)
+        self.counter.bank.detach(self.qualname)
 
 
 def _folds_in_graph(x: torch.Tensor, spec: ExampleSpec, view: NormView) -> bool:
@@ -653,7 +674,11 @@ def patch_model(
         module.__dict__["_apply"] = state.apply
         module.__dict__["extra_repr"] = state.extra_repr
     for name, state in patched_modules(model):  # norms patched before through a part of the model
-        state.counter, state.qualname = counter, name
+        if state.counter is not counter or state.qualname != name:
+            state.counter.bank.detach(state.qualname)
+            state.counter, state.qualname = counter, name
+            if state.tap is not None:
+                counter.bank.attach(name, state.tap, state.reserved_width())
     _set_entries(model, counter)
     if not patched_modules(model) and not skipped and not no_params:
         warnings.warn(f"hf_gns: {type(model).__name__} has no normalization layer to patch: nothing will be "

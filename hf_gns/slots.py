@@ -62,6 +62,86 @@ class TapLayout:
         return slice(start, start + self.sizes[k])
 
 
+class TapBank:
+    """Flat float32 leaves (``roots``, one per device) whose gradients hold every tap gradient of a
+    pass counter's norms, one region per norm, by name. Each norm keeps its own leaf tap for eager
+    calls, its ``.grad`` a view of its region, so eager backwards add into the same buffer; a compiled
+    graph reads ``roots[i].narrow(offset, width)``, so autograd accumulates one gradient per root and
+    graph instead of one per norm (on the GPU: one ``AccumulateGrad`` and its kernel launch per
+    micro-batch instead of one per norm).
+
+    A region is made when a norm is patched (or moved to another device, or to another model's
+    counter), wide enough for all its parameters, so a compiled graph never meets a root that grows
+    while it is traced: a later layout (a parameter frozen) uses the start of the same region. Copies
+    and pickles keep the regions, with roots of their own."""
+
+    def __init__(self) -> None:
+        self.roots: list[torch.Tensor] = []
+        self.regions: dict[str, tuple[int, int, int]] = {}  # norm name -> (root index, offset, reserved width)
+        self.taps: dict[str, torch.Tensor] = {}
+
+    def __getstate__(self) -> dict:
+        return {"regions": dict(self.regions), "roots": [(root.numel(), root.device) for root in self.roots]}
+
+    def __setstate__(self, state: dict) -> None:
+        self.regions, self.taps, self.roots = dict(state["regions"]), {}, []
+        for size, device in state["roots"]:
+            self.roots.append(_flat_leaf(size, device))
+
+    @torch.compiler.disable
+    def attach(self, name: str, tap: torch.Tensor, reserve: int | None = None) -> tuple[int, int]:
+        """Give ``tap`` (the leaf of the norm ``name``) a region on its device, of at least ``reserve``
+        elements; its ``.grad`` becomes a view of the region, zeroed. (root index, offset)."""
+        width = tap.numel()
+        index = self._root_index(tap.device)
+        region = self.regions.get(name)
+        if region is None or region[0] != index or region[2] < width:
+            end = max((o + w for i, o, w in self.regions.values() if i == index), default=0)
+            region = self.regions[name] = (index, end, max(width, reserve or 0))
+        self.taps[name] = tap
+        if self.roots[index].numel() < region[1] + region[2]:
+            self._grow(index, region[1] + region[2])
+        tap.grad = self.roots[index].grad.narrow(0, region[1], width).zero_()
+        return region[:2]
+
+    def detach(self, name: str) -> None:
+        """Forget the norm ``name`` (unpatched, or moved to another counter); its region stays unused."""
+        self.regions.pop(name, None)
+        self.taps.pop(name, None)
+
+    def relink(self) -> None:
+        """Point every tap's ``.grad`` at its region again where something replaced it (a backward with
+        ``create_graph=True`` accumulates out of place). Called when the statistics are cleared."""
+        for name, tap in self.taps.items():
+            index, offset, _ = self.regions[name]
+            grad = self.roots[index].grad
+            if tap.grad is None or tap.grad.data_ptr() != grad.data_ptr() + offset * grad.element_size():
+                tap.grad = grad.narrow(0, offset, tap.numel())
+
+    def _root_index(self, device: torch.device) -> int:
+        for index, root in enumerate(self.roots):
+            if root.device == device:
+                return index
+        self.roots.append(_flat_leaf(0, device))
+        return len(self.roots) - 1
+
+    def _grow(self, index: int, size: int) -> None:
+        old = self.roots[index]
+        root = _flat_leaf(size, old.device)
+        root.grad[: old.numel()].copy_(old.grad)
+        self.roots[index] = root
+        for name, tap in self.taps.items():
+            i, offset, _ = self.regions[name]
+            if i == index:
+                tap.grad = root.grad.narrow(0, offset, tap.numel())
+
+
+def _flat_leaf(size: int, device: torch.device) -> torch.Tensor:
+    leaf = torch.zeros(size, dtype=torch.float32, device=device, requires_grad=True)
+    leaf.grad = torch.zeros_like(leaf)
+    return leaf
+
+
 def new_tap(layout: TapLayout, device: torch.device) -> torch.Tensor:
     """A tap for ``layout``, its gradient already allocated (zeros; see `hf_gns.stats.clear_tap_grads`)."""
     tap = torch.zeros(layout.width, dtype=torch.float32, device=device, requires_grad=True)

@@ -93,10 +93,18 @@ def clear_tap_grads(taps: list[torch.Tensor]) -> None:
             tap.grad = torch.zeros_like(tap)
 
 
+def clear_statistics(taps: list[torch.Tensor], counters: list) -> None:
+    """Zero the taps' gradients and their counters' banks (`hf_gns.slots.TapBank`), whose regions the
+    taps' gradients are views of, relinking any tap whose gradient something replaced."""
+    clear_tap_grads(taps + [root for counter in counters for root in counter.bank.roots])
+    for counter in counters:
+        counter.bank.relink()
+
+
 def reset_stats(model: nn.Module) -> None:
     """Forget everything recorded since the last reset."""
     norms, counters = patched_parts(model, names_in=unwrap(model))
-    clear_tap_grads([entry.tap for entry in _tapped(norms)])
+    clear_statistics([entry.tap for entry in _tapped(norms)], counters)
     for counter in counters:
         counter.take_tokens()
         counter.take_problems()
@@ -186,7 +194,7 @@ def gather_stats_async(model: nn.Module, reset: bool = True, reduce: bool = True
         event.record()
         out = host
     if reset:
-        clear_tap_grads([e.tap for e in entries])
+        clear_statistics([e.tap for e in entries], counters)
     names = [name for e in entries for name in e.names]
     return PendingStats(names, out, event, world, problems)
 

@@ -357,9 +357,55 @@ def test_one_graph_no_recompile_across_steps():
         stats = hf_gns.gather_stats(model)
         assert stats.total.num_examples == 6 and stats.tokens == 24
     assert counts == [1] * 6
-    taps_per_graph = [sum(node.name.endswith("_tap") for node in g.graph.nodes if node.op == "placeholder")
-                      for g in graphs]
-    assert sorted(taps_per_graph)[-1] == len(names)
+    assert len(names) == 5
+    # every norm reads its region of one flat leaf: one tap input of the graph, not one per norm
+    (graph,) = graphs
+    assert _tap_inputs(graph) == ["bank_roots_0"]
+
+
+def _tap_inputs(graph) -> list[str]:
+    """The graph's inputs that carry statistics: per-norm taps, or the pass counter's bank roots."""
+    names = [node.name for node in graph.graph.nodes if node.op == "placeholder"]
+    return sorted({name[name.index("bank_roots"):].rstrip("_") for name in names if "bank_roots" in name} |
+                  {name for name in names if name.endswith("_tap")})
+
+
+@pytest.mark.parametrize("made", ["deepcopy", "torch_load", "frozen_after_patching", "patched_through_a_part"])
+def test_a_model_compiled_first_after_copy_load_freeze_or_repatch_reads_one_bank(made, tmp_path):
+    """Models whose norms were copied, loaded, re-patched or given another layout after patching,
+    compiled before any eager forward: every norm's region of the bank exists before the graph is
+    traced (a root growing during the trace would leave norms narrowing a stale root), so the graph
+    reads one root and the statistics match brute force."""
+    import io
+
+    model = make_model("gpt2")
+    if made == "patched_through_a_part":
+        hf_gns.patch_model(model.transformer.h[0], kernel="torch")
+    hf_gns.patch_model(model, kernel="torch")
+    if made == "deepcopy":
+        model = clone(model)
+    elif made == "torch_load":
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        model = torch.load(buffer, weights_only=False)
+    elif made == "frozen_after_patching":
+        frozen = [n for n, p in model.named_parameters() if n.endswith("ln_1.bias") or n.endswith("ln_f.weight")]
+        for name in frozen:
+            model.get_parameter(name).requires_grad_(False)
+    model = model.to(DEVICE)
+    ref = clone(model)
+    hf_gns.unpatch_model(ref)
+    backend, graphs = _count_graphs()
+    compiled = torch.compile(model, backend=backend)
+    size = rand_int(1, 4)
+    batches = [{k: v.to(DEVICE) for k, v in b.items()}
+               for b in _micro_batches("gpt2", model, [size, size], rand_length(2, 6, size))]
+    n = sum(b["targets"].numel() for b in batches)
+    _train(compiled, batches, n)
+    stats = hf_gns.gather_stats(model)
+    assert_stats_match(stats, _oracle(ref, batches, n), rtol=1e-4, what=made)
+    assert all(_tap_inputs(graph) in ([], ["bank_roots_0"]) for graph in graphs), [_tap_inputs(g) for g in graphs]
 
 
 def _source_name(node) -> str:

@@ -191,3 +191,50 @@ def test_print_model_marks_patched_norms_and_unpatch_removes_the_mark():
     assert "hf_gns=llama_rms" in repr(pickle.loads(pickle.dumps(model)))
     hf_gns.unpatch_model(model)
     assert "hf_gns" not in repr(model)
+
+
+def test_tap_bank_regions_views_growth_relink_and_copies():
+    """`TapBank`: each tap's gradient is a view of its region of one flat leaf per device; growing a
+    root keeps what it held; a region reserved for all parameters holds a narrower layout in place;
+    a replaced gradient is linked back; copies keep the regions with roots of their own."""
+    import copy
+
+    from hf_gns.slots import TapBank
+
+    generator = torch.Generator().manual_seed(torch.seed())
+    widths = [int(w) for w in torch.randint(1, 40, (4,), generator=generator)]
+    bank = TapBank()
+    taps = {}
+    for i, width in enumerate(widths):
+        taps[f"n{i}"] = torch.zeros(width, requires_grad=True)
+        bank.attach(f"n{i}", taps[f"n{i}"], reserve=width + i)
+    (root,) = bank.roots
+    assert root.numel() == sum(w + i for i, w in enumerate(widths))
+    values = {name: torch.randn(tap.numel(), generator=generator) for name, tap in taps.items()}
+    for name, tap in taps.items():
+        (tap * values[name]).sum().backward()  # eager accumulation lands in the root's gradient
+    for name, (index, offset, _) in bank.regions.items():
+        assert torch.equal(root.grad[offset: offset + taps[name].numel()], values[name])
+    # a compiled graph reads the root: its gradient adds to the same numbers
+    index, offset, _ = bank.regions["n2"]
+    (bank.roots[0].narrow(0, offset, widths[2]) * 2).sum().backward()
+    assert torch.equal(taps["n2"].grad, values["n2"] + 2)
+    # a new norm grows the root; the others keep their numbers and stay views of it
+    late = torch.zeros(7, requires_grad=True)
+    bank.attach("late", late)
+    assert bank.roots[0] is not root and torch.equal(taps["n1"].grad, values["n1"])
+    assert taps["n1"].grad.data_ptr() == bank.roots[0].grad.data_ptr() + bank.regions["n1"][1] * 4
+    # a narrower tap of the same norm keeps its region
+    narrower = torch.zeros(max(widths[3] - 1, 1) + 3, requires_grad=True)
+    before = bank.regions["n3"]
+    bank.attach("n3", narrower)
+    assert bank.regions["n3"] == before and narrower.grad.data_ptr() == bank.roots[0].grad.data_ptr() + before[1] * 4
+    # something replaced a gradient: relinked to the region
+    taps["n0"].grad = torch.ones(widths[0])
+    bank.relink()
+    assert taps["n0"].grad.data_ptr() == bank.roots[0].grad.data_ptr() + bank.regions["n0"][1] * 4
+    copied = copy.deepcopy(bank)
+    assert copied.regions == bank.regions and copied.roots[0] is not bank.roots[0]
+    assert copied.roots[0].numel() == bank.roots[0].numel() and not copied.roots[0].grad.any() and not copied.taps
+    bank.detach("late")
+    assert "late" not in bank.regions and "late" not in bank.taps

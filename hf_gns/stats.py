@@ -94,11 +94,15 @@ def clear_tap_grads(taps: list[torch.Tensor]) -> None:
 
 
 def clear_statistics(taps: list[torch.Tensor], counters: list) -> None:
-    """Zero the taps' gradients and their counters' banks (`hf_gns.slots.TapBank`), whose regions the
-    taps' gradients are views of, relinking any tap whose gradient something replaced."""
-    clear_tap_grads(taps + [root for counter in counters for root in counter.bank.roots])
+    """Zero the counters' banks (`hf_gns.slots.TapBank`), whose regions the taps' gradients are views
+    of, in one op, relinking any tap whose gradient something replaced; a tap outside every bank is
+    zeroed on its own."""
+    clear_tap_grads([root for counter in counters for root in counter.bank.roots])
+    banked = set()
     for counter in counters:
         counter.bank.relink()
+        banked.update(id(tap) for tap in counter.bank.taps.values())
+    clear_tap_grads([tap for tap in taps if id(tap) not in banked])
 
 
 def reset_stats(model: nn.Module) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 from . import torch_path
 from .layout import ExampleSpec, PassCounter, find_spec, host_segment_starts
 from .formulas import native_output_dtype
+from .hub_kernels import keep_from_kernelize, kernelized_forward
 from .probe import NormPlan, Unsupported, is_norm_candidate, other_norm_kind, plan_for
 from .slots import TapLayout, draw_slots, new_tap
 
@@ -121,6 +122,7 @@ class PatchedNorm:
         self.shared_in_pass = False
         self.graph_fold = kernel != "torch" and plan.formula is not None and _load_graph_op()
         self._ensure_tap(self.trainable_layout(), module._parameters[plan.param_names[0]].device)
+        keep_from_kernelize(module, _is_patched)
 
     def __setstate__(self, state: dict) -> None:
         """A loaded model (pickle, torch.save) loads the compiled-graph operator as patching does."""
@@ -132,6 +134,7 @@ class PatchedNorm:
         self._register()  # a copy or a loaded model is another norm: its own key
         self.graph_fold = bool(state.get("graph_fold")) and _load_graph_op()
         self.shared_in_pass = state.get("shared_in_pass", False)
+        keep_from_kernelize(self.module_ref, _is_patched)
 
     def _register(self) -> None:
         self.key = next(_KEYS)
@@ -504,9 +507,13 @@ def _foreign_forward(module: nn.Module) -> str | None:
         return "a Liger-Kernel module: hf_gns cannot record it (patch before applying Liger, or skip Liger)"
     attr = _forward_attr(module)
     if attr == "forward" and "forward" in module.__dict__:
-        return ("its forward was already replaced on the instance (kernels hub `kernelize()` or Liger): "
-                "call hf_gns.patch_model before them")
+        return ("its forward was already replaced on the instance (by Liger-Kernel or another library): "
+                "call hf_gns.patch_model before it")
     return None
+
+
+def _is_patched(module: nn.Module) -> bool:
+    return _STATE in module.__dict__
 
 
 def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
@@ -659,6 +666,11 @@ def patch_model(
             continue
         if (include is not None and not _matches(name, include)) or _matches(name, exclude):
             continue
+        # a Hub kernel's forward (transformers' default kernelize): patch the class forward, which computes
+        # the same norm, and give the kernel back on unpatch (see hf_gns.hub_kernels)
+        hub_forward = kernelized_forward(module)
+        if hub_forward is not None:
+            del module.__dict__["forward"]
         reason = _foreign_forward(module)
         if reason is None:
             try:
@@ -666,9 +678,13 @@ def patch_model(
             except Unsupported as error:
                 reason = str(error)
         if reason is not None:
+            if hub_forward is not None:
+                module.__dict__["forward"] = hub_forward
             (no_params if "no affine parameters" in reason else skipped).append(f"{name} ({type(module).__name__}): {reason}")
             continue
         state = PatchedNorm(module, name, plan, kernel, counter)
+        if hub_forward is not None:
+            state.saved_forward = hub_forward
         module.__dict__[_STATE] = state
         module.__dict__[state.forward_attr] = state.forward
         module.__dict__["_apply"] = state.apply

@@ -634,6 +634,81 @@ def test_instance_forward_replaced_is_warned_and_skipped():
     assert target.__dict__["forward"] is replaced  # unpatch leaves the foreign forward alone
 
 
+
+class _HubRMSNorm(nn.Module):
+    """Stands in for a Hub kernel layer (kernels-community's LigerRMSNorm): the same maths."""
+
+    def forward(self, x):
+        x32 = x.float()
+        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)).to(x.dtype)
+
+
+def _kernelize_again(model):
+    """What a mode switch (``model.train()`` after ``from_pretrained`` or an evaluation) runs when the
+    ``kernels`` package is installed: `kernels.kernelize`, which puts each layer's class forward back
+    where no Hub kernel loads (this CPU). Without the package: the per-instance condition it consults."""
+    try:
+        from kernels import Mode, kernelize
+    except ImportError:
+        return [type(m).kernel_condition(m) for m in model.modules() if hasattr(type(m), "kernel_layer_name")]
+    kernelize(model, mode=Mode.TRAINING, device="cpu")
+    return None
+
+
+def test_hub_kernel_forward_is_taken_back_and_kernelize_leaves_patched_norms_alone(monkeypatch):
+    """transformers (5.2x) kernelizes by default: a Hub kernel's forward on a norm instance is replaced by
+    hf_gns's (measured exactly), given back by unpatch; a later kernelize skips the patched norms."""
+    model = make_model("llama")
+    ref = clone(model)
+    target = model.model.layers[0].input_layernorm
+    cls = type(target)
+    monkeypatch.setattr(cls, "kernel_layer_name", getattr(cls, "kernel_layer_name", "RMSNorm"), raising=False)
+    monkeypatch.setattr(cls, "kernel_condition", staticmethod(getattr(cls, "kernel_condition", lambda m: True)),
+                        raising=False)
+    monkeypatch.delattr(cls, "_hf_gns_kernel_guard", raising=False)
+    hub_forward = types.MethodType(_HubRMSNorm.forward, target)  # as kernels.kernelize installs a Hub layer
+    target.forward = hub_forward
+    target.__dict__["_kernel_repo"] = "kernels-community/liger_kernels"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is skipped
+        names = hf_gns.patch_model(model, kernel="torch")
+    assert sorted(names) == norm_module_names(ref)
+    assert target.forward is not hub_forward
+    patched = {name: m.__dict__["forward"] for name, m in model.named_modules() if "forward" in m.__dict__}
+    conditions = _kernelize_again(model)
+    assert conditions is None or not any(conditions)
+    assert {name: m.__dict__.get("forward") for name, m in model.named_modules() if name in patched} == patched
+    batch = make_batch("llama", model, rand_int(2, 4), rand_int(1, 5))
+    batch_loss(model, batch).backward()
+    stats = hf_gns.gather_stats(model)
+    param_names = norm_param_names(ref)
+    assert_stats_match(stats, oracle_stats(example_grads_bruteforce(ref, batch, param_names)), rtol=1e-5)
+    hf_gns.unpatch_model(model)
+    assert target.__dict__["forward"] is hub_forward  # the Hub kernel is given back
+    assert all("forward" not in m.__dict__ for m in model.modules() if m is not target)
+    assert type(target).kernel_condition(target)  # an unpatched norm is the kernels library's again
+
+
+def test_from_pretrained_model_keeps_its_patch_through_mode_switches(tmp_path):
+    """A model from ``from_pretrained`` (kernelized by transformers when ``kernels`` is installed), patched,
+    then switched eval -> train as the Trainer does: every norm is still measured, exactly."""
+    from transformers import AutoModelForCausalLM
+
+    make_model("llama").save_pretrained(tmp_path / "model")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    names = hf_gns.patch_model(model, kernel="torch")
+    assert sorted(names) == norm_module_names(ref)
+    for mode in (False, True, False, True):
+        model.train(mode)
+    ref.train()
+    batch = make_batch("llama", model, rand_int(2, 4), rand_int(1, 5))
+    batch_loss(model, batch).backward()
+    stats = hf_gns.gather_stats(model)
+    param_names = norm_param_names(ref)
+    assert sorted(stats.per_param) == sorted(param_names)
+    assert_stats_match(stats, oracle_stats(example_grads_bruteforce(ref, batch, param_names)), rtol=1e-5)
+
 # Regression: the probe used to require bit-identical outputs between nn.LayerNorm's fused CPU
 # kernel and formulas.reference_forward; for bf16 probe inputs the fused kernel rounds 1 element
 # in ~10^4 differently, depending on width and data (widths 40, 66, 70, 4096, ... failed) and

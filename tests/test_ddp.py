@@ -18,8 +18,9 @@ import hf_gns
 from helpers import make_model, rand_length, rel_err
 
 
-@pytest.mark.parametrize("mode", ["eager", "compiled", "fsdp2 eager", "fsdp2 compiled", "compiled triton",
-                                  "fsdp2 compiled triton"])
+# compiled: the graph operator's path (the Triton kernels under the interpreter), which compiled CUDA runs
+# take; the compiled PyTorch path is the same graph rewrite in one process (test_compile.py)
+@pytest.mark.parametrize("mode", ["eager", "fsdp2 eager", "compiled triton", "fsdp2 compiled triton"])
 def test_ddp_two_ranks_equal_single_process(tmp_path, mode):
     model = make_model("llama")
     model.save_pretrained(tmp_path / "model")

@@ -44,14 +44,14 @@ def keep_from_kernelize(module: nn.Module, is_patched: Callable[[nn.Module], boo
     the class's ``kernel_condition`` is wrapped to return False for them, as it would for any
     instance its own condition turns down."""
     cls = type(module)
-    if not is_hub_kernel_layer(module) or _GUARD in cls.__dict__:
-        return
     original = getattr(cls, "kernel_condition", None)
+    if not is_hub_kernel_layer(module) or getattr(original, _GUARD, False):
+        return
 
     def condition(instance: nn.Module) -> bool:
         if is_patched(instance):
             return False
         return True if original is None else bool(original(instance))
 
+    setattr(condition, _GUARD, True)  # the mark is on the condition itself: whoever replaces it drops it too
     cls.kernel_condition = staticmethod(condition)
-    setattr(cls, _GUARD, True)

@@ -407,7 +407,9 @@ def test_a_model_compiled_first_after_copy_load_freeze_or_repatch_reads_one_bank
     _train(compiled, batches, n)
     stats = hf_gns.gather_stats(model)
     assert_stats_match(stats, _oracle(ref, batches, n), rtol=1e-4, what=made)
-    assert all(_tap_inputs(graph) in ([], ["bank_roots_0"]) for graph in graphs), [_tap_inputs(g) for g in graphs]
+    for graph in graphs:  # one root (on CUDA the second: the first stays on the CPU, where the model was patched)
+        inputs = _tap_inputs(graph)
+        assert len(inputs) <= 1 and all(name.startswith("bank_roots_") for name in inputs), inputs
 
 
 def _source_name(node) -> str:

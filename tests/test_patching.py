@@ -655,17 +655,32 @@ def _kernelize_again(model):
     return None
 
 
-def test_hub_kernel_forward_is_taken_back_and_kernelize_leaves_patched_norms_alone(monkeypatch):
+@pytest.fixture
+def hub_kernel_class():
+    """LlamaRMSNorm as the ``kernels`` library leaves a decorated class (``kernel_layer_name``, a
+    ``kernel_condition``), whatever transformers is installed; the class is put back as it was after."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    names = ("kernel_layer_name", "kernel_condition")
+    saved = {name: LlamaRMSNorm.__dict__[name] for name in names if name in LlamaRMSNorm.__dict__}
+    if "kernel_layer_name" not in saved:
+        LlamaRMSNorm.kernel_layer_name = "RMSNorm"
+        LlamaRMSNorm.kernel_condition = staticmethod(lambda module: True)
+    yield LlamaRMSNorm
+    for name in names:
+        if name in saved:
+            setattr(LlamaRMSNorm, name, saved[name])
+        elif name in LlamaRMSNorm.__dict__:
+            delattr(LlamaRMSNorm, name)
+
+
+def test_hub_kernel_forward_is_taken_back_and_kernelize_leaves_patched_norms_alone(hub_kernel_class):
     """transformers (5.2x) kernelizes by default: a Hub kernel's forward on a norm instance is replaced by
     hf_gns's (measured exactly), given back by unpatch; a later kernelize skips the patched norms."""
     model = make_model("llama")
     ref = clone(model)
     target = model.model.layers[0].input_layernorm
-    cls = type(target)
-    monkeypatch.setattr(cls, "kernel_layer_name", getattr(cls, "kernel_layer_name", "RMSNorm"), raising=False)
-    monkeypatch.setattr(cls, "kernel_condition", staticmethod(getattr(cls, "kernel_condition", lambda m: True)),
-                        raising=False)
-    monkeypatch.delattr(cls, "_hf_gns_kernel_guard", raising=False)
+    assert type(target) is hub_kernel_class
     hub_forward = types.MethodType(_HubRMSNorm.forward, target)  # as kernels.kernelize installs a Hub layer
     target.forward = hub_forward
     target.__dict__["_kernel_repo"] = "kernels-community/liger_kernels"
@@ -687,6 +702,11 @@ def test_hub_kernel_forward_is_taken_back_and_kernelize_leaves_patched_norms_alo
     assert target.__dict__["forward"] is hub_forward  # the Hub kernel is given back
     assert all("forward" not in m.__dict__ for m in model.modules() if m is not target)
     assert type(target).kernel_condition(target)  # an unpatched norm is the kernels library's again
+    hub_kernel_class.kernel_condition = staticmethod(lambda module: True)  # someone replaces the condition
+    hf_gns.patch_model(model, kernel="torch")
+    conditions = _kernelize_again(model)  # patching puts hf_gns's condition back in front of it
+    assert conditions is None or not any(conditions)
+    assert "forward" in target.__dict__ and target.forward is not hub_forward
 
 
 def test_from_pretrained_model_keeps_its_patch_through_mode_switches(tmp_path):

@@ -693,7 +693,8 @@ def test_hub_kernel_forward_is_taken_back_and_kernelize_leaves_patched_norms_alo
     conditions = _kernelize_again(model)
     assert conditions is None or not any(conditions)
     assert {name: m.__dict__.get("forward") for name, m in model.named_modules() if name in patched} == patched
-    batch = make_batch("llama", model, rand_int(2, 4), rand_int(1, 5))
+    size = rand_int(2, 4)
+    batch = make_batch("llama", model, size, rand_length(1, 6, size))  # T != B: the layout is known
     batch_loss(model, batch).backward()
     stats = hf_gns.gather_stats(model)
     param_names = norm_param_names(ref)
@@ -722,7 +723,8 @@ def test_from_pretrained_model_keeps_its_patch_through_mode_switches(tmp_path):
     for mode in (False, True, False, True):
         model.train(mode)
     ref.train()
-    batch = make_batch("llama", model, rand_int(2, 4), rand_int(1, 5))
+    size = rand_int(2, 4)
+    batch = make_batch("llama", model, size, rand_length(1, 6, size))  # T != B: the layout is known
     batch_loss(model, batch).backward()
     stats = hf_gns.gather_stats(model)
     param_names = norm_param_names(ref)

@@ -1,6 +1,6 @@
 """Where the examples of a forward pass are, and what the pass consumed.
 
-A patched model's entry modules (hooks of `hf_gns.patch.PassEntry`) mark each forward pass; the
+A patched model's entry modules (`hf_gns.patch.EntryForward`) mark each forward pass; the
 pass's first patched norm reads the model's inputs (`PassCounter.start_pass`): the batch
 size, packed sequences (``position_ids`` restarting at 0 or ``cu_seq_lens_*``) and the token
 count. Each patched norm then asks `find_spec` which dimension of its input indexes examples.
@@ -172,7 +172,7 @@ class PassCounter:
 
         A module already in progress is not nested in itself: its earlier call ended by an
         exception without `exit` (compiled entries mark the pass without try/finally, see
-        `hf_gns.patch.PassEntry`), and this call starts a new pass."""
+        `hf_gns.patch.EntryForward`), and this call starts a new pass."""
         if any(m is module for m in self.entered):
             self.entered.clear()
         if not self.entered:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import inspect
 import itertools
 import logging
 import os
@@ -523,40 +524,43 @@ def _matches(name: str, patterns: Iterable[str] | str | None) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-class PassEntry:
-    """Forward hooks of an entry module: a pass is marked around the module's own forward, by the hooks
-    ``nn.Module.__call__`` runs, so the module's forward, its signature (the Trainer and PEFT inspect
-    it) and the frames dynamo compiles stay the model's own (a wrapper around the forward would add a
-    frame to resume after every graph break in the model's code, a guard check per call). The exit
-    hook is always called in eager mode (also when the forward raises); compiled code does not raise
-    there, and a pass left open by an exception is closed when its module is next entered
-    (`PassCounter.enter`). Picklable, so a patched model can be saved whole."""
+class EntryForward:
+    """The forward of an entry module: the pass is marked around the module's own forward, in the
+    same (possibly compiled) frame, so per-pass state never leaves a compiled graph as an output.
+    Its signature is the wrapped forward's (the Trainer and PEFT inspect it)."""
 
-    def __init__(self, counter: PassCounter) -> None:
-        self.counter = counter
-        self.hook_ids: tuple[int, int] | None = None
+    def __init__(self, module: nn.Module, counter: PassCounter, inner: Callable) -> None:
+        self.module, self.counter = module, counter
+        self._inner = None if getattr(inner, "__func__", None) is type(module).forward else inner
 
-    def enter(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.counter.enter(module, args, kwargs)
+    @property
+    def inner(self) -> Callable:
+        if self._inner is not None:
+            return self._inner
+        return functools.partial(type(self.module).forward, self.module)
 
-    def exit(self, module: nn.Module, args: tuple, output) -> None:
-        self.counter.exit()
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.inner)
 
-    def install(self, module: nn.Module) -> None:
-        pre = module.register_forward_pre_hook(self.enter, prepend=True, with_kwargs=True)
-        post = module.register_forward_hook(self.exit, always_call=True)
-        self.hook_ids = (pre.id, post.id)
+    def __call__(self, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            # no try/finally here: dynamo cannot resume a frame inside a try block after a graph break in
+            # the model's own code, and would compile the marking as a graph of its own. A pass ended by an
+            # exception is closed when its module is next entered (`PassCounter.enter`). In this frame, not
+            # a helper's: every frame on the stack at a graph break costs a guard check per call.
+            self.counter.enter(self.module, args, kwargs)
+            output = self.inner(*args, **kwargs)
+            self.counter.exit()
+            return output
+        return self._eager_call(args, kwargs)
 
-    def remove(self, module: nn.Module) -> None:
-        """Drop the two hooks (by id: a copied or loaded module holds copies of them under the same ids)."""
-        if self.hook_ids is None:
-            return
-        pre, post = self.hook_ids
-        for hooks in (module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs):
-            hooks.pop(pre, None)
-        for hooks in (module._forward_hooks, module._forward_hooks_with_kwargs, module._forward_hooks_always_called):
-            hooks.pop(post, None)
-        self.hook_ids = None
+    def _eager_call(self, args: tuple, kwargs: dict):
+        self.counter.enter(self.module, args, kwargs)
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.counter.exit()
 
 
 def _root_counter(model: nn.Module) -> PassCounter:
@@ -575,7 +579,11 @@ def _root_counter(model: nn.Module) -> PassCounter:
 def _remove_entry(module: nn.Module) -> None:
     entry = module.__dict__.pop(_ENTRY, None)
     if entry is not None:
-        entry.remove(module)
+        saved = entry[1]
+        if saved is None:
+            module.__dict__.pop("forward", None)
+        else:
+            module.__dict__["forward"] = saved
 
 
 def _remove_entries(model: nn.Module) -> None:
@@ -601,13 +609,14 @@ def _set_entries(model: nn.Module, counter: PassCounter) -> None:
         chain.append(model.get_submodule(".".join(common[:depth])))
     for module in model.modules():  # entries of an earlier patch that are no longer on the path
         entry = module.__dict__.get(_ENTRY)
-        if entry is not None and (entry.counter is not counter or not any(module is c for c in chain)):
+        if entry is not None and (entry[0] is not counter or not any(module is c for c in chain)):
             _remove_entry(module)
     counter.holder = chain[-1]
     for module in chain:
         if _ENTRY not in module.__dict__:
-            entry = module.__dict__[_ENTRY] = PassEntry(counter)
-            entry.install(module)
+            saved = module.__dict__.get("forward")
+            module.__dict__["forward"] = EntryForward(module, counter, module.forward)
+            module.__dict__[_ENTRY] = (counter, saved)
 
 
 def patch_model(

@@ -130,6 +130,36 @@ def test_keys_every_step_next_to_trainer_logs_and_oracle(tmp_path):
     assert (tmp_path / "gns_history.jsonl").exists()
 
 
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_from_pretrained_model_records_every_step_across_evaluations(tmp_path, compiled):
+    """A model from ``from_pretrained`` (transformers 5.2x kernelizes it when ``kernels`` is installed,
+    and again at each switch between eval and train mode: the Trainer's first step, each evaluation),
+    patched, trained with evaluations between steps: every step is measured, step 1 exactly."""
+    from transformers import AutoModelForCausalLM
+
+    make_model("llama").save_pretrained(tmp_path / "model")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    initial = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    hf_gns.patch_model(model, kernel="torch")
+    dataset = TokenDataset(40)
+    gns = hf_gns.GNSCallback(ema=0.9)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=5, per_device_train_batch_size=4, learning_rate=1e-3,
+        logging_steps=1, eval_strategy="steps", eval_steps=2, report_to="none", use_cpu=True,
+        save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, torch_compile=compiled,
+        torch_compile_backend="aot_eager" if compiled else None)
+    trainer = SequentialTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=TokenDataset(8),
+                                callbacks=[gns])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    assert [(h["step"], h["gns/skipped"], h["gns/examples"]) for h in gns.history] == [(s, 0.0, 4.0) for s in range(1, 6)]
+    g2, tr = hf_loss_oracle(initial, dataset, range(4))
+    scale = abs(g2) + tr
+    first = gns.history[0]
+    assert abs(first["gns/step_g2"] - g2) <= 1e-4 * scale and abs(first["gns/step_trace_sigma"] - tr) <= 1e-4 * scale
+
 def test_loss_curve_identical_to_unpatched_run(tmp_path):
     dataset = TokenDataset(48)
     model_a = make_model("llama")

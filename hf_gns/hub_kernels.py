@@ -1,7 +1,7 @@
 """Living beside the ``kernels`` library, which transformers uses to swap layer forwards for Hub kernels.
 
-Since transformers 5.2x, ``from_pretrained`` kernelizes by default (``use_kernels`` is on when the
-``kernels`` package is installed, which transformers itself requires): every layer class decorated
+transformers 5.25 (seen here; 5.17 only with ``use_kernels=True``) kernelizes ``from_pretrained`` models by default
+(``use_kernels`` is on when the ``kernels`` package is installed, which transformers then requires): every layer class decorated
 with ``@use_kernel_forward_from_hub`` (RMSNorm among them) gets a Hub kernel's forward on the
 instance, or, where none loads (no network, a CPU), its own forward put back by deleting the
 instance attribute. It does so again whenever the model's mode changes, i.e. at the Trainer's

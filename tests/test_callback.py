@@ -133,7 +133,7 @@ def test_keys_every_step_next_to_trainer_logs_and_oracle(tmp_path):
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_a_from_pretrained_model_records_every_step_across_evaluations(tmp_path, compiled):
-    """A model from ``from_pretrained`` (transformers 5.2x kernelizes it when ``kernels`` is installed,
+    """A model from ``from_pretrained`` (transformers 5.25 kernelizes it when ``kernels`` is installed,
     and again at each switch between eval and train mode: the Trainer's first step, each evaluation),
     patched, trained with evaluations between steps: every step is measured, step 1 exactly."""
     from transformers import AutoModelForCausalLM

@@ -675,8 +675,9 @@ def hub_kernel_class():
 
 
 def test_hub_kernel_forward_is_taken_back_and_kernelize_leaves_patched_norms_alone(hub_kernel_class):
-    """transformers (5.2x) kernelizes by default: a Hub kernel's forward on a norm instance is replaced by
-    hf_gns's (measured exactly), given back by unpatch; a later kernelize skips the patched norms."""
+    """transformers 5.25 kernelizes by default (5.17 with use_kernels=True): a Hub kernel's forward on a
+    norm instance is replaced by hf_gns's (measured exactly), given back by unpatch; a later kernelize
+    skips the patched norms."""
     model = make_model("llama")
     ref = clone(model)
     target = model.model.layers[0].input_layernorm
